@@ -1,0 +1,47 @@
+"""fiberloader: graphql-ruby's Fiber-based Dataloader for Python, on greenlets.
+
+Plain synchronous code batches its data loading: each job runs in a
+greenlet that pauses when it asks for a key that is not cached; when no job
+can go on, every source's ``fetch(keys)`` is called once with all pending
+keys and the jobs resume.
+"""
+
+from ._dataloader import Dataloader, DataloaderStats
+from ._errors import (
+    ConfigurationError,
+    DeadlockError,
+    FetchError,
+    FiberloaderError,
+    FiberloaderTypeError,
+    InvariantError,
+    KeyTypeError,
+    NotRunningError,
+    SourceTypeError,
+)
+from ._fibers import current_dataloader
+from ._null import NullDataloader
+from ._settings import dataloader_class
+from ._source import Request, RequestAll, Source
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "ConfigurationError",
+    "Dataloader",
+    "DataloaderStats",
+    "DeadlockError",
+    "FetchError",
+    "FiberloaderError",
+    "FiberloaderTypeError",
+    "InvariantError",
+    "KeyTypeError",
+    "NotRunningError",
+    "NullDataloader",
+    "Request",
+    "RequestAll",
+    "Source",
+    "SourceTypeError",
+    "current_dataloader",
+    "dataloader_class",
+)
+

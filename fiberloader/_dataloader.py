@@ -1,0 +1,762 @@
+"""Dataloader: the synchronous greenlet scheduler.
+
+Theory of operation
+===================
+
+The greenlet that calls ``run()`` becomes the *hub* of the run.  Jobs and
+fetches run in *workers* (:class:`~fiberloader._fibers.Worker` greenlets
+whose parent is the hub); the hub only decides who runs next.
+
+1. **Jobs.**  The hub hands the job queue to a worker.  The worker takes
+   queued jobs one after another and runs each to its end, every job in a
+   fresh copy of the run's ``contextvars`` context.
+2. **Suspend.**  A ``load`` of a key that is not cached puts the key in its
+   source's pending batch and *parks* the worker: it switches back to the
+   hub, holding its job.  The hub gives the rest of the queue to another
+   worker -- an idle worker of this run if there is one, else a new one.
+   A load served from the cache never switches greenlets.
+3. **Fetch.**  When no job can proceed (the queue is empty and every
+   worker is parked), the hub runs every pending source's batches, each in
+   a worker: one ``fetch(keys)`` per source, split by ``max_batch_size``.
+   A fetch may load from other sources or ``yield_()``: it parks too, the
+   hub starts the other pending fetches (including those the parked fetch
+   just asked for) and resumes parked fetches when none is left to start,
+   until every fetch has finished.  Jobs never run in this phase.
+4. **Resume.**  The hub resumes the parked jobs in the order they parked.
+   Each re-checks its keys (a key cleared meanwhile goes pending again),
+   finishes its job and takes the next queued one; a worker with nothing
+   left to do goes idle.  Back to 1 until no job is queued or parked.
+
+When ``run()`` returns or raises, every worker it started has ended: idle
+ones are stopped, parked ones (after a failure) get ``GreenletExit`` so
+their ``finally`` blocks and ``cleanup_fiber`` run.
+
+Guarantees: every key is fetched at most once per cache lifetime (never
+twice while in flight); a job sees its loads resolved before it resumes;
+jobs parked in one phase resume in the order they parked; sources are
+fetched in the order they first got a pending key.
+
+Not guaranteed: the order in which *different* jobs' code interleaves
+beyond that, or which worker greenlet runs a given job.
+
+Why the hub starts every worker: a greenlet inherits the recursion depth of
+the greenlet that first switches into it, so workers started from inside
+parked jobs would each start deeper than the last (PITFALLS).  Starting a
+greenlet costs ~10 us and resuming one ~0.4 us here, so workers are reused
+within a run and none is started for a job that never waits.
+
+Deadlocks: a round (job phase + fetch phase) in which nothing finished,
+nothing was fetched and nothing new became pending, while workers are still
+parked, can never end.  The hub then resumes each stuck worker with a
+:class:`DeadlockError` that names what everyone waits for, so the loads
+raise instead of hanging.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from contextvars import Context, copy_context
+from functools import partial
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Hashable,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+)
+
+from greenlet import GreenletExit, getcurrent
+
+from ._errors import (
+    ConfigurationError,
+    DeadlockError,
+    FiberloaderError,
+    FiberloaderTypeError,
+    InvariantError,
+    NotRunningError,
+    SourceTypeError,
+    describe_wait,
+    short_repr,
+)
+from ._fibers import CURRENT, Worker, copy_error
+from ._source import Batch, Source
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__all__ = ["Dataloader", "DataloaderStats"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=Source)  # type: ignore[type-arg]
+D = TypeVar("D", bound="Dataloader")
+
+# What a worker tells the hub when it switches back.
+_IDLE = "idle"  # finished its task(s), waiting for more
+_PARKED = "parked"  # waiting for keys or a yield_(): resume it next round
+_WAITING = "waiting"  # waiting for a map() group, which resumes it itself
+# What the hub tells a worker.
+_JOBS = "jobs"  # take jobs from the queue
+_STOP = "stop"  # end (an idle worker, at the end of the run)
+_DEADLOCK = "deadlock"  # your wait can never end: raise
+
+_JOB_PHASE = "job"
+_FETCH_PHASE = "fetch"
+
+_MAX_DEADLOCK_ROUNDS = 3  # stuck code that swallows DeadlockError aborts run()
+
+
+class DataloaderStats:
+    """Counters of one dataloader, for tests, debugging and benchmarks."""
+
+    __slots__ = ("fetches", "keys_fetched", "greenlets", "max_alive")
+
+    def __init__(self) -> None:
+        self.fetches = 0  #: fetch() calls
+        self.keys_fetched = 0  #: keys passed to fetch()
+        self.greenlets = 0  #: worker greenlets started
+        self.max_alive = 0  #: most worker greenlets alive at once
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"DataloaderStats({fields})"
+
+
+class _Run:
+    """The state of one run (``run()``, or a ``run_isolated`` inside one)."""
+
+    __slots__ = (
+        "hub",
+        "phase",
+        "workers",
+        "idle",
+        "parked",
+        "parked_fetches",
+        "ready",
+        "progress",
+        "closing",
+        "deadlock",
+    )
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub  # the greenlet running the loop; every worker's parent
+        self.phase = _JOB_PHASE
+        self.workers: Dict[Worker, None] = {}  # alive, in start order
+        self.idle: List[Worker] = []
+        self.parked: List[Worker] = []  # jobs waiting on keys or yield_()
+        self.parked_fetches: List[Worker] = []
+        self.ready: Deque[Worker] = deque()  # to resume in this job phase
+        self.progress = 0  # bumped whenever something finishes
+        self.closing = False
+        self.deadlock: Optional[DeadlockError] = None
+
+
+class _Group:
+    """The jobs of one ``map()`` call and the worker waiting for them."""
+
+    __slots__ = ("fn", "items", "results", "errors", "remaining", "waiter", "run")
+
+    def __init__(self, fn: Callable[[Any], Any], items: List[Any], waiter: Worker, run: _Run) -> None:
+        self.fn = fn
+        self.items = items
+        self.results: List[Any] = [None] * len(items)
+        self.errors: Dict[int, BaseException] = {}
+        self.remaining = len(items)
+        self.waiter = waiter
+        self.run = run
+
+    def run_item(self, index: int) -> None:
+        try:
+            self.results[index] = self.fn(self.items[index])
+        except Exception as error:
+            self.errors[index] = error
+        finally:
+            self.remaining -= 1
+            if not self.remaining:
+                self.run.ready.append(self.waiter)
+
+    def outcome(self) -> List[Any]:
+        if self.errors:
+            raise self.errors[min(self.errors)]
+        return self.results
+
+
+def _check_fiber_limit(fiber_limit: Optional[int]) -> Optional[int]:
+    if fiber_limit is None:
+        return None
+    if type(fiber_limit) is not int or fiber_limit < 2:
+        raise ConfigurationError(
+            f"Dataloader(fiber_limit={short_repr(fiber_limit)}) is too low to make progress: "
+            "it must be None (no limit) or an int >= 2, one greenlet for a job and one for "
+            "a fetch. Each fetch that loads from another source while it runs needs one more."
+        )
+    return fiber_limit
+
+
+class Dataloader:
+    """The synchronous scheduler: jobs in greenlets, batches fetched when all wait.
+
+    Args:
+        fiber_limit: the most worker greenlets alive at once (``None``: no
+            limit).  Jobs may hold all but one; the last is kept for
+            fetches.  A low limit makes batches smaller (jobs beyond it wait
+            for the next round) but never changes results.
+
+    Raises:
+        ConfigurationError: ``fiber_limit`` is not ``None`` or an int >= 2.
+    """
+
+    #: What ``dataloader_class()`` and the integrations call this scheduler.
+    setting_name = "sync"
+
+    def __init__(self, *, fiber_limit: Optional[int] = None) -> None:
+        self.fiber_limit = _check_fiber_limit(fiber_limit)
+        self._limit = sys.maxsize if fiber_limit is None else fiber_limit
+        self._sources: Dict[type, Dict[Hashable, Source]] = {}  # type: ignore[type-arg]
+        self._jobs: Deque[Callable[[], Any]] = deque()
+        self._pending_sources: Deque[Source] = deque()  # type: ignore[type-arg]
+        self._run: Optional[_Run] = None
+        self.stats = DataloaderStats()
+
+    def __repr__(self) -> str:
+        state = "running" if self._run is not None else "idle"
+        return f"<{type(self).__name__} {state} jobs={len(self._jobs)} at {id(self):#x}>"
+
+    # -- sources --------------------------------------------------------------
+
+    def with_(self, source_class: Type[S], *args: Any, **kwargs: Any) -> S:
+        """The source instance for these batch parameters.
+
+        Made on first use (``source_class(*args, **kwargs)``) and reused for
+        every later call whose ``source_class.batch_key_for(*args,
+        **kwargs)`` is equal, for the life of this dataloader.
+        """
+        try:
+            instances = self._sources[source_class]
+        except KeyError:
+            instances = self._new_source_class(source_class)
+        if source_class._plain_batch_key and not kwargs:
+            batch_key: Hashable = args
+        else:
+            batch_key = source_class.batch_key_for(*args, **kwargs)
+        try:
+            return instances[batch_key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        except TypeError:
+            raise SourceTypeError(
+                f"dataloader.with_({source_class.__qualname__}, ...) needs hashable batch "
+                f"parameters, but {source_class.__qualname__}.batch_key_for() gave "
+                f"{short_repr(batch_key)}. Pass hashable arguments or override "
+                f"{source_class.__qualname__}.batch_key_for() to return a hashable key."
+            ) from None
+        source = source_class(*args, **kwargs)
+        source._attach(self, args, kwargs)
+        instances[batch_key] = source
+        return source
+
+    def _new_source_class(self, source_class: Any) -> Dict[Hashable, Source]:  # type: ignore[type-arg]
+        if not (isinstance(source_class, type) and issubclass(source_class, Source)):
+            raise SourceTypeError(
+                f"dataloader.with_() takes a Source subclass, but got {short_repr(source_class)}. "
+                "Define `class MySource(fiberloader.Source)` with a fetch(keys) method and pass "
+                "the class itself."
+            )
+        instances: Dict[Hashable, Source] = {}  # type: ignore[type-arg]
+        self._sources[source_class] = instances
+        return instances
+
+    def clear_cache(self) -> None:
+        """Forget the cached results of every source of this dataloader."""
+        for instances in self._sources.values():
+            for source in instances.values():
+                source.clear_cache()
+
+    # -- jobs -----------------------------------------------------------------
+
+    def append_job(self, job: Callable[[], Any]) -> None:
+        """Queue a zero-argument callable to run as a job.
+
+        Before ``run()`` it waits for ``run()``; from inside a job it runs in
+        the same job phase, before the next fetch; from inside a fetch, in
+        the next job phase.
+        """
+        if not callable(job):
+            raise FiberloaderTypeError(
+                f"dataloader.append_job() takes a zero-argument callable, but got {short_repr(job)}."
+            )
+        self._jobs.append(job)
+
+    @classmethod
+    def with_dataloading(cls: Type[D], fn: Callable[[D], T], **options: Any) -> T:
+        """Make a dataloader, run ``fn(dataloader)`` as a job, return its result.
+
+        ``options`` go to the constructor (``fiber_limit=``).  Jobs that
+        ``fn`` appends finish too before this returns.
+        """
+        dataloader = cls(**options)
+        box: List[T] = []
+        dataloader.append_job(lambda: box.append(fn(dataloader)))
+        dataloader.run()
+        return box[0]
+
+    def run(self) -> None:
+        """Run every queued job, and every job they queue, to completion.
+
+        Fetches pending batches whenever no job can proceed.  An exception
+        raised by a job propagates; the other jobs are then abandoned and
+        their greenlets ended.  No greenlet this call started is alive when
+        it returns or raises.
+
+        Raises:
+            FiberloaderError: ``run()`` was called while this dataloader is
+                already running (use ``run_isolated`` from inside a job).
+        """
+        if self._run is not None:
+            raise FiberloaderError(
+                f"{type(self).__name__}.run() was called while it is already running. From "
+                "inside a job, use dataloader.run_isolated(fn) to run work to completion now."
+            )
+        context = copy_context()
+        context.run(CURRENT.set, self)
+        run = self._run = self._new_run()
+        try:
+            context.run(self._drive, run)
+        except BaseException:
+            self._close(run, failed=True)
+            raise
+        else:
+            self._close(run, failed=False)
+        finally:
+            self._run = None
+
+    def run_isolated(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` as the only job, to completion, now; return its result.
+
+        From inside a job: the current job waits while ``fn`` and the jobs it
+        queues run with their own queue; keys that other jobs have pending
+        are kept for later (cached results are shared).  At top level it is a
+        plain run of ``fn``; jobs queued earlier stay queued.
+        """
+        outer = self._run
+        if outer is not None:
+            self._check_worker("run_isolated", outer)
+        saved = self._isolate()
+        box: List[T] = []
+        self._jobs.append(lambda: box.append(fn()))
+        try:
+            if outer is None:
+                self.run()
+            else:
+                inner = self._run = self._new_run()
+                try:
+                    self._drive(inner)
+                except BaseException:
+                    self._close(inner, failed=True)
+                    raise
+                else:
+                    self._close(inner, failed=False)
+                finally:
+                    self._run = outer
+        finally:
+            self._restore(saved)
+        return box[0]
+
+    def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
+        """Run ``fn(item)`` for every item as its own job; return the results in order.
+
+        Loads made by the items batch together (and with every other job of
+        the run).  Waits for all items, then raises the first failing item's
+        exception, if any.  May suspend the calling job.  Outside a run it
+        runs the items as a plain run; inside a fetch, as ``run_isolated``.
+        """
+        items = list(iterable)
+        run = self._run
+        if run is None:
+            return self.run_isolated(lambda: self.map(fn, items))
+        worker = self._check_worker("map", run)
+        if not items:
+            return []
+        if run.phase is _FETCH_PHASE:
+            return self.run_isolated(lambda: self.map(fn, items))
+        group = _Group(fn, items, worker, run)
+        self._jobs.extend(partial(group.run_item, index) for index in range(len(items)))
+        worker.waiting = group
+        while group.remaining:
+            self._park(run, _WAITING)
+        worker.waiting = None
+        return group.outcome()
+
+    def yield_(self) -> None:
+        """Suspend the current job or fetch; every other runnable one goes first.
+
+        Inside a ``fetch``: the other pending fetches start, then this one
+        resumes (manual parallelism).  In a job: it resumes in the next job
+        phase, after pending batches are fetched.
+        """
+        run = self._run
+        if run is None:
+            raise NotRunningError(
+                "dataloader.yield_() was called outside a running dataloader; call it from a "
+                "job or a fetch."
+            )
+        worker = self._check_worker("yield_", run)
+        worker.waiting = None
+        self._park(run, _PARKED)
+        run.progress += 1
+
+    # -- lifecycle hooks ------------------------------------------------------
+
+    def get_fiber_variables(self) -> Any:
+        """Called in the parent right before a worker greenlet starts.
+
+        Returns what the child needs; default: a copy of the parent's
+        ``contextvars`` context.  Override to add what is not in a
+        ``ContextVar`` (and ``set_fiber_variables`` to apply it).
+        """
+        return copy_context()
+
+    def set_fiber_variables(self, variables: Any) -> None:
+        """Called first thing inside each new worker greenlet.
+
+        Default: enter the copied context, so every ``ContextVar`` set
+        around ``run()`` (Flask's ``request``, Django's, yours) is visible in
+        jobs and fetches.
+        """
+        if isinstance(variables, Context):
+            getcurrent().gr_context = variables
+
+    def cleanup_fiber(self) -> None:
+        """Called last thing inside each worker greenlet, also when it failed.
+
+        The place to release per-greenlet resources (a database connection
+        opened in a job or fetch).  Default: nothing.
+        """
+
+    # -- the scheduler (runs in the hub) ----------------------------------------
+
+    def _new_run(self) -> _Run:
+        return _Run(getcurrent())
+
+    def _drive(self, run: _Run) -> None:
+        """Alternate job and fetch phases until nothing is queued or parked."""
+        stuck_rounds = 0
+        while True:
+            mark = run.progress
+            self._job_phase(run)
+            pending = bool(self._pending_sources)
+            if pending:
+                self._fetch_phase(run)
+            if len(run.workers) == len(run.idle) and not self._jobs:
+                if not self._pending_sources:
+                    return
+                continue
+            if run.progress != mark or pending or self._pending_sources or run.ready:
+                stuck_rounds = 0
+                continue
+            stuck_rounds += 1
+            stuck = run.parked[:]
+            run.parked.clear()
+            self._break_deadlock(run, stuck, run.parked, stuck_rounds)
+
+    def _job_phase(self, run: _Run) -> None:
+        run.phase = _JOB_PHASE
+        ready, parked, idle = run.ready, run.parked, run.idle
+        if parked:
+            ready.extend(parked)
+            parked.clear()
+        jobs = self._jobs
+        limit = self._limit - 1  # keep one worker for fetches
+        while True:
+            if ready:
+                worker = ready.popleft()
+                state = worker.switch(None)
+            elif jobs and len(run.workers) - len(idle) < limit:
+                worker, state = self._start(run, _JOBS)
+            else:
+                return
+            if state is _PARKED:
+                parked.append(worker)
+            elif state is _IDLE:
+                idle.append(worker)
+                run.progress += 1
+
+    def _fetch_phase(self, run: _Run) -> None:
+        run.phase = _FETCH_PHASE
+        sources = self._pending_sources
+        parked, idle = run.parked_fetches, run.idle
+        waiting: Deque[Tuple[Source, Batch]] = deque()  # type: ignore[type-arg]
+        stuck_rounds = 0
+        while True:
+            if sources and not waiting:
+                source = sources.popleft()
+                waiting.extend((source, batch) for batch in source._take_batches())
+                continue
+            if waiting and (idle or len(run.workers) < self._limit):
+                source, batch = waiting.popleft()
+                worker, state = self._start(run, partial(self._fetch, source, batch))
+                if state is _PARKED:
+                    parked.append(worker)
+                elif state is _IDLE:
+                    idle.append(worker)
+                    run.progress += 1
+                continue
+            if not parked:
+                if waiting:
+                    raise InvariantError("a fetch is waiting for a worker, but none is busy")
+                return
+            mark = run.progress
+            resuming = parked[:]
+            parked.clear()
+            for worker in resuming:
+                state = worker.switch(None)
+                if state is _PARKED:
+                    parked.append(worker)
+                elif state is _IDLE:
+                    idle.append(worker)
+                    run.progress += 1
+            if run.progress != mark or sources:
+                stuck_rounds = 0
+                continue
+            stuck_rounds += 1
+            stuck = parked[:]
+            parked.clear()
+            self._break_deadlock(run, stuck, parked, stuck_rounds, [s for s, _ in waiting])
+
+    def _fetch(self, source: Source, batch: Batch) -> None:  # type: ignore[type-arg]
+        """A fetch task, run in a worker."""
+        worker = getcurrent()
+        worker.batch = (source, batch)
+        stats = self.stats
+        stats.fetches += 1
+        stats.keys_fetched += len(batch)
+        try:
+            source._run_batch(batch)
+        finally:
+            worker.batch = None
+
+    def _start(self, run: _Run, task: Any) -> Tuple[Worker, Any]:
+        """Give ``task`` to an idle worker or a new one; return it and its state."""
+        idle = run.idle
+        if idle:
+            worker = idle.pop()
+            return worker, worker.switch(task)
+        variables = self.get_fiber_variables()
+        worker = Worker(self._work, run.hub)
+        worker.owner = run
+        run.workers[worker] = None
+        stats = self.stats
+        stats.greenlets += 1
+        if len(run.workers) > stats.max_alive:
+            stats.max_alive = len(run.workers)
+        return worker, worker.switch(run, variables, task)
+
+    def _work(self, run: _Run, variables: Any, task: Any) -> None:
+        """The body of every worker greenlet."""
+        me = getcurrent()
+        try:
+            self.set_fiber_variables(variables)
+            del variables
+            hub = run.hub
+            while task is not _STOP:
+                if task is _JOBS:
+                    jobs = self._jobs
+                    while jobs:
+                        copy_context().run(jobs.popleft())
+                else:
+                    copy_context().run(task)
+                task = None  # drop the reference while idle
+                task = hub.switch(_IDLE)
+        finally:
+            run.workers.pop(me, None)
+            self.cleanup_fiber()
+
+    # -- parking (runs in a worker) -------------------------------------------
+
+    def _check_worker(self, what: str, run: _Run) -> Worker:
+        worker = getcurrent()
+        if getattr(worker, "owner", None) is not run:
+            raise NotRunningError(
+                f"dataloader.{what}() was called from a greenlet that is not one of this "
+                f"dataloader's jobs ({type(self).__name__} is running, but this code runs "
+                "outside it: in another dataloader's job, or in a thread or greenlet of your "
+                "own). Call it from the job itself, or use that code's own dataloader "
+                "(fiberloader.current_dataloader())."
+            )
+        return worker  # type: ignore[no-any-return]
+
+    def _park(self, run: _Run, state: str) -> None:
+        """Switch to the hub until it resumes this worker."""
+        if run.closing:
+            raise GreenletExit
+        if run.hub.switch(state) is _DEADLOCK:
+            raise copy_error(run.deadlock)  # type: ignore[arg-type]
+
+    def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
+        """Park the calling job until every key of ``rks`` is resolved."""
+        run = self._run
+        if run is None:
+            raise NotRunningError(
+                f"{source!r}.load({short_repr(keys[0])}) needs a fetch, but {type(self).__name__} "
+                "is not running. Load from inside a job: "
+                f"{type(self).__name__}.with_dataloading(fn), or dataloader.append_job(fn) then "
+                "dataloader.run(); in a web app, install fiberloader's middleware.",
+                source=source,
+                key=keys[0],
+            )
+        worker = getcurrent()
+        if getattr(worker, "owner", None) is not run:
+            self._check_worker(f"with_({type(source).__qualname__}).load", run)
+        worker.waiting = (source, rks)
+        results, errors = source._results, source._errors
+        while True:
+            self._park(run, _PARKED)
+            for key, rk in zip(keys, rks):
+                if rk not in results and rk not in errors:
+                    break
+            else:
+                worker.waiting = None
+                return
+            # A key was cleared (clear_cache) after its fetch: ask again.
+            results, errors = source._results, source._errors
+            for key, rk in zip(keys, rks):
+                if rk not in results and rk not in errors:
+                    source._enqueue(key, rk)
+
+    # -- deadlocks and the end of a run -----------------------------------------
+
+    def _break_deadlock(
+        self,
+        run: _Run,
+        stuck: List[Worker],
+        parked: List[Worker],
+        rounds: int,
+        starved: Sequence[Source] = (),  # type: ignore[type-arg]
+    ) -> None:
+        """Resume every stuck worker with a DeadlockError naming the waits."""
+        waits = [self._wait_of(worker) for worker in stuck]
+        lines = [self._describe_stuck(worker) for worker in stuck]
+        hint = (
+            "This usually means a fetch() loads a key that is in its own batch, or two fetches "
+            "wait on each other's keys: load those keys in the job instead, or give the inner "
+            "load a source of its own."
+        )
+        if starved:
+            hint = (
+                f"fiber_limit={self.fiber_limit} leaves no greenlet to fetch "
+                f"{', '.join(repr(s) for s in starved)} while other fetches wait on it: raise "
+                "fiber_limit, or load less from inside fetch()."
+            )
+        error = DeadlockError(
+            "Deadlock: no job or fetch can proceed.\n" + "\n".join(lines) + "\n" + hint, waits
+        )
+        if rounds > _MAX_DEADLOCK_ROUNDS or not stuck:
+            raise error
+        run.deadlock = error
+        for worker in stuck:
+            state = worker.switch(_DEADLOCK)
+            if state is _PARKED:
+                parked.append(worker)
+            elif state is _IDLE:
+                run.idle.append(worker)
+                run.progress += 1
+
+    @staticmethod
+    def _wait_of(worker: Worker) -> Tuple[Optional[Source], List[Any]]:  # type: ignore[type-arg]
+        waiting = worker.waiting
+        if isinstance(waiting, tuple):
+            source, rks = waiting
+            return source, [rk for rk in rks if not source._resolved(rk)]
+        return None, []
+
+    def _describe_stuck(self, worker: Worker) -> str:
+        source, keys = self._wait_of(worker)
+        batch = getattr(worker, "batch", None)
+        who = "a job"
+        note = ""
+        if batch is not None:
+            fetching, items = batch
+            who = f"{fetching!r}.fetch({short_repr([key for _, key in items])})"
+            if source is fetching and any(rk in dict(items) for rk in keys):
+                note = " -- keys of its own batch: a circular dependency"
+        if source is not None and not note and any(rk in source._fetching for rk in keys):
+            note = " -- in flight in another fetch that is stuck too"
+        return f"  {who} waits on {describe_wait(source, keys)}{note}"
+
+    def _close(self, run: _Run, failed: bool) -> None:
+        """End every worker of ``run``; raise a cleanup error if the run succeeded."""
+        run.closing = True
+        errors: List[BaseException] = []
+        idle = set(run.idle)
+        for _ in range(3):
+            if not run.workers:
+                break
+            for worker in list(run.workers):
+                if worker.dead:
+                    run.workers.pop(worker, None)
+                    continue
+                try:
+                    if worker in idle:
+                        worker.switch(_STOP)
+                    else:
+                        worker.throw()
+                except BaseException as error:  # a cleanup_fiber or finally that raised
+                    errors.append(error)
+        run.idle.clear()
+        run.parked.clear()
+        run.parked_fetches.clear()
+        run.ready.clear()
+        run.deadlock = None
+        if run.workers:
+            raise InvariantError(f"{len(run.workers)} worker greenlets did not end")
+        if errors and not failed:
+            raise errors[0]
+
+    # -- run_isolated bookkeeping -----------------------------------------------
+
+    def _isolate(self) -> Tuple[Deque[Callable[[], Any]], List[Tuple[Source, Dict[Hashable, Any]]]]:  # type: ignore[type-arg]
+        """Set the job queue and every pending batch aside; return them."""
+        jobs = self._jobs
+        self._jobs = deque()
+        sources = self._pending_sources
+        self._pending_sources = deque()
+        pending = []
+        for source in sources:
+            pending.append((source, source._pending))
+            source._pending = {}
+            source._queued = False
+        return jobs, pending
+
+    def _restore(self, saved: Tuple[Deque[Callable[[], Any]], List[Tuple[Source, Dict[Hashable, Any]]]]) -> None:  # type: ignore[type-arg]
+        """Put back what ``_isolate`` set aside, minus keys resolved since."""
+        jobs, pending = saved
+        self._jobs = jobs
+        leftover = self._pending_sources  # only after a failure: keys never fetched
+        self._pending_sources = deque()
+        for source in leftover:
+            source._queued = False
+        for source, keys in pending:
+            merged = {}
+            for rk, key in keys.items():
+                if not source._resolved(rk) and rk not in source._fetching:
+                    merged[rk] = key
+            for rk, key in source._pending.items():
+                merged.setdefault(rk, key)
+            source._pending = merged
+            source._queued = False
+        for source, _ in pending:
+            if source._pending and not source._queued:
+                source._queued = True
+                self._pending_sources.append(source)
+        for source in leftover:
+            if source._pending and not source._queued:
+                source._queued = True
+                self._pending_sources.append(source)

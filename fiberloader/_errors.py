@@ -1,0 +1,116 @@
+"""The FiberloaderError family.
+
+Every error fiberloader raises itself subclasses :class:`FiberloaderError`,
+and also the nearest built-in kind where there is one, so ``except
+TypeError`` keeps working for an unhashable key.  Each error keeps the data
+it talks about as attributes (``.source``, ``.keys``) and bounds every value
+it prints, so a huge key list never floods a log.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any, Iterable, Optional, Sequence, Tuple
+
+__all__ = [
+    "FiberloaderError",
+    "ConfigurationError",
+    "FiberloaderTypeError",
+    "SourceTypeError",
+    "KeyTypeError",
+    "FetchError",
+    "NotRunningError",
+    "DeadlockError",
+    "InvariantError",
+    "short_repr",
+]
+
+_repr = reprlib.Repr()
+_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 8
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a readable length, never raising."""
+    try:
+        return _repr.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(value).__name__} object>"
+
+
+class FiberloaderError(Exception):
+    """Base class of every error fiberloader raises itself."""
+
+
+class ConfigurationError(FiberloaderError, ValueError):
+    """A bad setting: ``fiber_limit``, ``max_batch_size``, scheduler name."""
+
+
+class FiberloaderTypeError(FiberloaderError, TypeError):
+    """A value of the wrong type was passed to fiberloader (a job that is not callable)."""
+
+
+class SourceTypeError(FiberloaderTypeError):
+    """``with_()`` was given something that is not a :class:`Source` subclass."""
+
+
+class KeyTypeError(FiberloaderTypeError):
+    """A key (after ``result_key_for``) is not hashable."""
+
+    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+
+
+class FetchError(FiberloaderError, ValueError):
+    """``fetch()`` broke its contract: a non-sequence, or the wrong length.
+
+    Raised by every ``load`` that waited on a key of that batch.
+    """
+
+    def __init__(
+        self, message: str, source: Any = None, keys: Sequence[Any] = (), result: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.keys = list(keys)
+        self.result = result
+
+
+class NotRunningError(FiberloaderError, RuntimeError):
+    """A call that needs a running job was made outside one."""
+
+    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+
+
+class DeadlockError(FiberloaderError, RuntimeError):
+    """No job and no fetch can proceed: a circular dependency, or a limit.
+
+    ``waits`` lists ``(source, keys)`` pairs: what each stuck job or fetch
+    was waiting for (``source`` is ``None`` for a wait that is not on keys).
+    """
+
+    def __init__(self, message: str, waits: Iterable[Tuple[Any, Sequence[Any]]] = ()) -> None:
+        super().__init__(message)
+        self.waits = list(waits)
+
+
+class InvariantError(FiberloaderError, RuntimeError):
+    """fiberloader's own bookkeeping went wrong: a bug, please report it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"Invariant violated: {what}. This is a bug in fiberloader; please report it "
+            "with the code that triggered it."
+        )
+
+
+def describe_wait(source: Optional[Any], keys: Sequence[Any]) -> str:
+    if source is None:
+        return "a map() or yield_() that never completed"
+    return f"{source!r} keys {short_repr(list(keys))}"

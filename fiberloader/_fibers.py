@@ -1,0 +1,72 @@
+"""Greenlet plumbing shared by the schedulers.
+
+* :func:`current_dataloader` -- the dataloader running the current job,
+  found through a ``ContextVar`` so it follows contexts into greenlets.
+* :class:`Worker` -- the greenlet class the schedulers run jobs and fetches
+  in.  A worker carries two attributes: ``owner`` (the run it belongs to;
+  the scheduler checks it before parking) and ``waiting`` (what it is parked
+  on, for deadlock reports).
+* :func:`copy_error` -- the shallow per-raise copy of a cached error.
+
+Nothing here imports a scheduler, so both schedulers and the Source can use
+it without import cycles.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Optional
+
+from greenlet import greenlet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dataloader import Dataloader
+
+__all__ = ["current_dataloader", "CURRENT", "Worker", "copy_error"]
+
+CURRENT: "ContextVar[Optional[Dataloader]]" = ContextVar(
+    "fiberloader.current_dataloader", default=None
+)
+
+
+def current_dataloader() -> "Optional[Dataloader]":
+    """Return the dataloader running the current job or fetch, or ``None``.
+
+    It is set inside every job and fetch of a running dataloader (also in
+    greenlets they start, as long as they copy the context), and nowhere
+    else.
+    """
+    return CURRENT.get()
+
+
+class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for subclassing
+    """A greenlet that runs jobs and fetches for one run of a dataloader."""
+
+    owner: Any = None
+    waiting: Any = None
+
+
+def copy_error(error: BaseException) -> BaseException:
+    """A fresh shallow copy of ``error``: same class, same args.
+
+    A cached error is raised by every ``load`` of its key.  Raising the one
+    object everywhere would pile tracebacks, ``__notes__`` and GraphQL paths
+    onto it (graphql-ruby #5020), so each raise gets its own copy, which
+    keeps the original's traceback, cause and context for the reader.  An
+    exception class that cannot be copied is raised as it is.
+    """
+    try:
+        clone = copy.copy(error)
+    except Exception:
+        return error
+    if type(clone) is not type(error):  # a __reduce__ that returns something else
+        return error
+    notes = getattr(error, "__notes__", None)
+    if notes is not None:
+        clone.__notes__ = list(notes)
+    clone.__cause__ = error.__cause__
+    clone.__context__ = error.__context__
+    clone.__suppress_context__ = error.__suppress_context__
+    clone.__traceback__ = error.__traceback__
+    return clone

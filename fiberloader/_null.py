@@ -1,0 +1,100 @@
+"""NullDataloader: no batching, no greenlets -- for debugging and comparison.
+
+Every ``load`` of a key that is not cached calls ``fetch`` at once with that
+one key, inline, in the calling job.  Everything else -- the cache,
+``merge``, errors and their copies, ``map``, ``run_isolated`` -- behaves as
+under :class:`Dataloader`, so swapping schedulers never changes results,
+only the number of ``fetch`` calls.
+"""
+
+from __future__ import annotations
+
+from contextvars import copy_context
+from typing import Any, Callable, Hashable, Iterable, List, Optional, Sequence, TypeVar
+
+from greenlet import getcurrent
+
+from ._dataloader import Dataloader, _Run
+from ._errors import DeadlockError, FiberloaderError, NotRunningError, short_repr
+from ._fibers import CURRENT
+from ._source import Source
+
+__all__ = ["NullDataloader"]
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class NullDataloader(Dataloader):
+    """The no-batching scheduler: each uncached ``load`` fetches its key at once.
+
+    ``fiber_limit`` is accepted (and checked) for a uniform constructor, and
+    otherwise ignored: this scheduler starts no greenlets.
+    """
+
+    setting_name = "null"
+
+    def run(self) -> None:
+        """Run every queued job (and the jobs they queue) in turn, inline."""
+        if self._run is not None:
+            raise FiberloaderError(
+                "NullDataloader.run() was called while it is already running. From inside a "
+                "job, use dataloader.run_isolated(fn)."
+            )
+        context = copy_context()
+        context.run(CURRENT.set, self)
+        self._run = _Run(getcurrent())
+        try:
+            jobs = self._jobs
+            while jobs:
+                context.copy().run(jobs.popleft())
+        finally:
+            self._run = None
+
+    def run_isolated(self, fn: Callable[[], T]) -> T:
+        if self._run is not None:
+            return fn()
+        return super().run_isolated(fn)
+
+    def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
+        if self._run is None:
+            return super().map(fn, iterable)
+        results: List[Any] = []
+        first_error: Optional[Exception] = None
+        for item in iterable:
+            try:
+                results.append(fn(item))
+            except Exception as error:
+                first_error = first_error or error
+                results.append(None)
+        if first_error is not None:
+            raise first_error
+        return results
+
+    def yield_(self) -> None:
+        if self._run is None:
+            raise NotRunningError(
+                "dataloader.yield_() was called outside a running dataloader; call it from a "
+                "job or a fetch."
+            )
+
+    def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
+        if self._run is None:
+            super()._wait(source, keys, rks)  # raises NotRunningError
+        for key, rk in zip(keys, rks):
+            if source._resolved(rk):
+                continue
+            if rk in source._fetching:
+                raise DeadlockError(
+                    f"Deadlock: {source!r}.fetch() loads its own key {short_repr(key)} while "
+                    "fetching it: a circular dependency. Load that key in the job instead, or "
+                    "give the inner load a source of its own.",
+                    [(source, [rk])],
+                )
+            fetch_key = source._pending.pop(rk, _MISSING)
+            if fetch_key is _MISSING:
+                fetch_key = source.normalize_fetch_key(key)
+            source._fetching.add(rk)
+            self.stats.fetches += 1
+            self.stats.keys_fetched += 1
+            source._run_batch([(rk, fetch_key)])

@@ -1,0 +1,103 @@
+"""The one setting that picks the scheduler.
+
+``dataloader_class(setting)`` resolves, first match wins: the explicit
+argument; the web framework's setting (a provider registered by an
+integration module, e.g. ``fiberloader.flask``); the environment variable
+``FIBERLOADER_DATALOADER``; ``"sync"``.  A value is a scheduler class, one of
+the names in ``SCHEDULERS``, or a dotted path ``"package.module:Class"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable, List, Optional, Type
+
+from ._errors import ConfigurationError, short_repr
+
+__all__ = ["dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "register_setting_provider"]
+
+ENVIRONMENT_VARIABLE = "FIBERLOADER_DATALOADER"
+
+SCHEDULERS = {
+    "sync": "fiberloader._dataloader:Dataloader",
+    "async": "fiberloader._async:AsyncDataloader",
+    "null": "fiberloader._null:NullDataloader",
+}
+
+# Callables returning a framework's setting, or None when that framework has
+# nothing to say (not imported, no app context, setting absent).
+_providers: List[Callable[[], Any]] = []
+
+
+def register_setting_provider(provider: Callable[[], Any]) -> None:
+    """Let a framework integration supply the setting (tried in order)."""
+    if provider not in _providers:
+        _providers.append(provider)
+
+
+def dataloader_class(setting: Any = None) -> "Type[Any]":
+    """The scheduler class the integrations instantiate.
+
+    Args:
+        setting: a ``Dataloader`` subclass, ``"sync"``, ``"async"``,
+            ``"null"``, or ``"package.module:Class"``; ``None`` looks at the
+            framework's setting, then ``$FIBERLOADER_DATALOADER``, then
+            uses ``"sync"``.
+
+    Raises:
+        ConfigurationError: the value names no scheduler.
+    """
+    source = "dataloader_class() argument"
+    if setting is None:
+        for provider in _providers:
+            setting = provider()
+            if setting is not None:
+                source = getattr(provider, "setting_name", "framework setting")
+                break
+    if setting is None:
+        setting = os.environ.get(ENVIRONMENT_VARIABLE) or None
+        source = f"${ENVIRONMENT_VARIABLE}"
+    if setting is None:
+        setting = "sync"
+    return _resolve(setting, source)
+
+
+def _resolve(setting: Any, source: str) -> "Type[Any]":
+    from ._dataloader import Dataloader
+
+    if isinstance(setting, type):
+        if issubclass(setting, Dataloader):
+            return setting
+        raise _bad(setting, source, "it is a class, but not a fiberloader.Dataloader subclass")
+    if not isinstance(setting, str):
+        raise _bad(setting, source, f"it is a {type(setting).__name__}")
+    name = setting.strip()
+    path = SCHEDULERS.get(name.lower(), name)
+    if ":" not in path:
+        raise _bad(setting, source, "it is not a scheduler name")
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        found = getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        raise _bad(setting, source, f"importing it failed: {error}") from error
+    if not (isinstance(found, type) and issubclass(found, Dataloader)):
+        raise _bad(setting, source, f"{path} is not a fiberloader.Dataloader subclass")
+    return found
+
+
+def _bad(setting: Any, source: str, why: str) -> ConfigurationError:
+    names = ", ".join(repr(name) for name in SCHEDULERS)
+    return ConfigurationError(
+        f"{source} is {short_repr(setting)}, which names no fiberloader scheduler ({why}). "
+        f"Use one of {names}, a Dataloader subclass, or 'package.module:Class'."
+    )
+
+
+def setting_name(provider: Callable[[], Any], name: str) -> Callable[[], Any]:
+    """Label a provider for error messages (``app.config['FIBERLOADER_DATALOADER']``)."""
+    provider.setting_name = name  # type: ignore[attr-defined]
+    return provider
+
+

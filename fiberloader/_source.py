@@ -1,0 +1,496 @@
+"""Source: one kind of batched data, its cache and its pending keys.
+
+A Source instance belongs to one dataloader (``dataloader.with_(Cls, *args)``
+makes it, once per batch parameters).  It keeps three maps, all keyed by
+*result key* (``result_key_for(key)``, the key itself by default):
+
+``_results``   key -> value, the cache; a load that finds its key here
+               returns at once, without switching greenlets.
+``_errors``    key -> the exception that failed it (an ``Exception``
+               returned by ``fetch`` at that position, or raised by it).
+               Errors stay cached like values; each raise is a fresh copy.
+``_pending``   key -> the value to hand ``fetch`` (``normalize_fetch_key``),
+               in first-request order: what the next fetch will ask for.
+
+plus ``_fetching``, the set of keys of batches in flight, which are never
+put in a second batch (graphql-ruby #3707/#4747).
+
+The life of a key:
+
+1. ``load``/``load_all``/``request`` look in ``_results``, then
+   ``_errors``; a miss is added to ``_pending`` and, the first time the map
+   goes from empty to non-empty, the source joins the dataloader's queue of
+   pending sources (so the scheduler never scans every source).
+2. ``load`` then asks the dataloader to park the calling job until the key
+   is resolved (``Dataloader._wait``).
+3. The scheduler calls ``_take_batches`` (pending -> in flight, split by
+   ``max_batch_size``) and runs ``_run_batch`` for each batch in a worker
+   greenlet; it checks what ``fetch`` returned and fills ``_results`` /
+   ``_errors``.
+4. The parked job resumes and reads its key.
+
+This module knows nothing about greenlets: parking is the dataloader's
+business, so the same Source serves every scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Dict,
+    Generic,
+    Hashable,
+    Iterable,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    TypeVar,
+)
+
+from ._errors import (
+    ConfigurationError,
+    FetchError,
+    InvariantError,
+    KeyTypeError,
+    NotRunningError,
+    short_repr,
+)
+from ._fibers import copy_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dataloader import Dataloader
+
+__all__ = ["Source", "Request", "RequestAll"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_NOTHING: Mapping[Any, Any] = MappingProxyType({})  # the maps of a source not made by with_()
+
+# A batch as the scheduler hands it around: (result key, fetch key) pairs.
+Batch = List[Tuple[Hashable, Any]]
+
+
+class Source(Generic[K, V]):
+    """Base class for a batched data source.
+
+    Subclass it and implement :meth:`fetch`.  Get instances from a
+    dataloader, never by calling the class yourself::
+
+        class UserSource(Source):
+            def __init__(self, table):      # the batch parameters of with_()
+                self.table = table
+
+            def fetch(self, keys):          # de-duplicated, in request order
+                rows = db.users_by_id(self.table, keys)
+                return [rows.get(k) for k in keys]
+
+        user = dataloader.with_(UserSource, "users").load(1)
+
+    ``__init__`` need not call ``super().__init__()``: the dataloader sets up
+    the cache after constructing the instance, so ``self.dataloader`` is
+    available in every method but ``__init__``.
+
+    Class attributes:
+        max_batch_size: ``None`` (no limit) or a positive int; a larger batch
+            is split into several ``fetch`` calls.
+        blocking: for ``AsyncDataloader``: run ``fetch`` in gevent's thread
+            pool (a driver that blocks in C).  Ignored by ``Dataloader``.
+    """
+
+    max_batch_size: ClassVar[Optional[int]] = None
+    blocking: ClassVar[bool] = False
+
+    #: The dataloader that owns this instance (``None`` until ``with_()``).
+    dataloader: "Optional[Dataloader]" = None
+
+    _results: Dict[Hashable, Any] = _NOTHING  # type: ignore[assignment]
+    _errors: Dict[Hashable, BaseException] = _NOTHING  # type: ignore[assignment]
+    _pending: Dict[Hashable, Any] = _NOTHING  # type: ignore[assignment]
+    _fetching: Set[Hashable] = frozenset()  # type: ignore[assignment]
+    _queued = False
+    _label: Optional[str] = None
+
+    # Set per subclass: whether the identity hooks are overridden, so the
+    # hot paths can skip a method call per key.
+    _plain_result_keys: ClassVar[bool] = True
+    _plain_fetch_keys: ClassVar[bool] = True
+    _plain_batch_key: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plain_result_keys = cls.result_key_for is Source.result_key_for
+        cls._plain_fetch_keys = cls.normalize_fetch_key is Source.normalize_fetch_key
+        cls._plain_batch_key = cls.batch_key_for.__func__ is Source.batch_key_for.__func__  # type: ignore[attr-defined]
+
+    # -- hooks a subclass implements or overrides ---------------------------
+
+    def fetch(self, keys: List[Any]) -> Any:
+        """Fetch values for ``keys``; implement it in every subclass.
+
+        Args:
+            keys: the fetch keys (``normalize_fetch_key`` of each requested
+                key), de-duplicated, in the order they were first requested.
+
+        Returns:
+            A sequence of exactly ``len(keys)`` results in key order (or a
+            mapping from fetch key to result; a missing key gives ``None``).
+            An ``Exception`` instance at a position fails only that key.
+
+        Raising fails every key of the batch.  ``fetch`` may call ``load``
+        on other sources and ``dataloader.yield_()``; both may suspend it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__qualname__} must implement fetch(keys) and return one "
+            "result per key"
+        )
+
+    @classmethod
+    def batch_key_for(cls, *args: Any, **kwargs: Any) -> Hashable:
+        """The key that de-duplicates instances inside one dataloader.
+
+        ``with_(Cls, *args, **kwargs)`` returns the same instance for equal
+        batch keys.  Default: the arguments themselves.  Override it when
+        arguments that mean the same batch compare unequal (e.g. return the
+        SQL text of a query object).
+        """
+        if kwargs:
+            return (args, tuple(sorted(kwargs.items())))
+        return args
+
+    def result_key_for(self, key: Any) -> Hashable:
+        """The cache key for ``key`` (default: the key).  Must be hashable."""
+        return key  # type: ignore[no-any-return]
+
+    def normalize_fetch_key(self, key: Any) -> Any:
+        """The value handed to ``fetch`` for ``key`` (default: the key).
+
+        For equivalent keys (same ``result_key_for``) the first one requested
+        decides what ``fetch`` sees.
+        """
+        return key
+
+    # -- the public API -----------------------------------------------------
+
+    def load(self, key: K) -> V:
+        """Return the value for ``key``.
+
+        Served from the cache when present.  Otherwise the key joins the next
+        batch; may suspend the calling job until the batch is fetched.
+
+        Raises:
+            the key's error (a copy) if ``fetch`` failed it;
+            KeyTypeError: the key is not hashable;
+            NotRunningError: the key is not cached and no job is running.
+        """
+        rk = key if self._plain_result_keys else self.result_key_for(key)
+        try:
+            return self._results[rk]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        except TypeError:
+            raise self._unhashable("load", key) from None
+        return self._load_missing(key, rk)
+
+    def load_all(self, keys: Iterable[K]) -> List[V]:
+        """Return the values for ``keys``, in order, duplicates included.
+
+        All keys that are not cached go into one batch; may suspend the
+        calling job until it is fetched.  If any key failed, raises that
+        key's error (the first failing key in ``keys`` order).
+        """
+        keys = keys if isinstance(keys, list) else list(keys)
+        rks = keys if self._plain_result_keys else [self.result_key_for(k) for k in keys]
+        results = self._results
+        try:
+            return [results[rk] for rk in rks]
+        except KeyError:
+            pass
+        except TypeError:
+            raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
+        errors = self._errors
+        missing_keys = []
+        missing_rks = []
+        for key, rk in zip(keys, rks):
+            if rk not in results and rk not in errors:
+                missing_keys.append(key)
+                missing_rks.append(rk)
+        if missing_rks:
+            dataloader = self._owner("load_all", missing_keys[0])
+            for key, rk in zip(missing_keys, missing_rks):
+                self._enqueue(key, rk)
+            dataloader._wait(self, missing_keys, missing_rks)
+        return [self._result(rk) for rk in rks]
+
+    def request(self, key: K) -> "Request[K, V]":
+        """Register ``key`` for the next batch now and return a handle.
+
+        Never suspends.  ``handle.load()`` later waits for (and returns) the
+        value.  Lets one job queue keys of several sources before it waits.
+        """
+        rk = key if self._plain_result_keys else self.result_key_for(key)
+        try:
+            cached = rk in self._results or rk in self._errors
+        except TypeError:
+            raise self._unhashable("request", key) from None
+        if not cached:
+            self._owner("request", key)
+            self._enqueue(key, rk)
+        return Request(self, key)
+
+    def request_all(self, keys: Iterable[K]) -> "RequestAll[K, V]":
+        """Register every key of ``keys`` now; ``handle.load()`` returns the list."""
+        keys = list(keys)
+        for key in keys:
+            self.request(key)
+        return RequestAll(self, keys)
+
+    def merge(self, values: Mapping[K, V]) -> None:
+        """Put ``{key: value}`` into the cache (prime it), replacing what is there.
+
+        A merged key that was waiting for the next batch is served from the
+        merge and left out of the batch.  An ``Exception`` value fails its
+        key, as in ``fetch``.
+        """
+        self._owner("merge", next(iter(values), None))
+        results, errors, pending = self._results, self._errors, self._pending
+        for key, value in values.items():
+            rk = key if self._plain_result_keys else self.result_key_for(key)
+            try:
+                pending.pop(rk, None)
+            except TypeError:
+                raise self._unhashable("merge", key) from None
+            if isinstance(value, Exception):
+                errors[rk] = value
+                results.pop(rk, None)
+            else:
+                results[rk] = value
+                errors.pop(rk, None)
+
+    def clear_cache(self) -> None:
+        """Forget every cached value and error of this source.
+
+        Keys already waiting for a batch stay pending.
+        """
+        if self.dataloader is not None:
+            self._results.clear()
+            self._errors.clear()
+
+    def clear(self, key: K) -> None:
+        """Forget the cached value or error of one key."""
+        if self.dataloader is not None:
+            rk = key if self._plain_result_keys else self.result_key_for(key)
+            try:
+                self._results.pop(rk, None)
+            except TypeError:
+                raise self._unhashable("clear", key) from None
+            self._errors.pop(rk, None)
+
+    @property
+    def pending_keys(self) -> List[Any]:
+        """The fetch keys waiting for the next batch, in request order."""
+        return list(self._pending.values())
+
+    def __repr__(self) -> str:
+        return self._label or f"{type(self).__qualname__}()"
+
+    # -- called by the dataloader ------------------------------------------
+
+    def _attach(self, dataloader: "Dataloader", args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        """Set up the cache after ``with_()`` constructed the instance."""
+        size = type(self).max_batch_size
+        if size is not None and (type(size) is not int or size < 1):
+            raise ConfigurationError(
+                f"{type(self).__qualname__}.max_batch_size must be None or a positive int, "
+                f"but it is {short_repr(size)}."
+            )
+        self.dataloader = dataloader
+        self._results = {}
+        self._errors = {}
+        self._pending = {}
+        self._fetching = set()
+        self._queued = False
+        shown = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
+        self._label = f"{type(self).__qualname__}({', '.join(shown)})"
+
+    def _enqueue(self, key: Any, rk: Hashable) -> None:
+        """Add ``key`` to the next batch unless it is pending or in flight."""
+        if rk in self._pending or rk in self._fetching:
+            return
+        self._pending[rk] = key if self._plain_fetch_keys else self.normalize_fetch_key(key)
+        if not self._queued:
+            self._queued = True
+            self.dataloader._pending_sources.append(self)  # type: ignore[union-attr]
+
+    def _take_batches(self) -> List[Batch]:
+        """Move every pending key in flight and return the batches to fetch."""
+        self._queued = False
+        pending = self._pending
+        if not pending:
+            return []
+        self._pending = {}
+        self._fetching.update(pending)
+        items = list(pending.items())
+        size = self.max_batch_size
+        if size is None or len(items) <= size:
+            return [items]
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def _run_batch(self, batch: Batch) -> None:
+        """Call ``fetch`` for one batch and store what it gives back."""
+        rks = [rk for rk, _ in batch]
+        keys = [key for _, key in batch]
+        try:
+            try:
+                result = self.fetch(keys)
+            except Exception as error:
+                self._fail(rks, error)
+            else:
+                self._store(rks, keys, result)
+        finally:
+            self._fetching.difference_update(rks)
+
+    def _store(self, rks: List[Hashable], keys: List[Any], result: Any) -> None:
+        if isinstance(result, (list, tuple)) or (
+            isinstance(result, Sequence) and not isinstance(result, (str, bytes, bytearray))
+        ):
+            if len(result) != len(rks):
+                self._fail(rks, self._wrong_length(keys, result))
+                return
+            values: Sequence[Any] = result
+        elif isinstance(result, Mapping):
+            values = [result.get(key) for key in keys]
+        else:
+            self._fail(rks, self._not_a_sequence(keys, result))
+            return
+        results, errors = self._results, self._errors
+        for rk, value in zip(rks, values):
+            if isinstance(value, Exception):
+                errors[rk] = value
+                results.pop(rk, None)
+            else:
+                results[rk] = value
+
+    def _fail(self, rks: List[Hashable], error: BaseException) -> None:
+        results, errors = self._results, self._errors
+        for rk in rks:
+            errors[rk] = error
+            results.pop(rk, None)
+
+    def _result(self, rk: Hashable) -> Any:
+        """The value of a resolved key, or raise a copy of its error."""
+        try:
+            return self._results[rk]
+        except KeyError:
+            pass
+        error = self._errors.get(rk)
+        if error is None:
+            raise InvariantError(f"{self!r} resumed a load of {short_repr(rk)} that has no result")
+        raise copy_error(error)
+
+    def _resolved(self, rk: Hashable) -> bool:
+        return rk in self._results or rk in self._errors
+
+    def _load_missing(self, key: Any, rk: Hashable) -> Any:
+        error = self._errors.get(rk)
+        if error is not None:
+            raise copy_error(error)
+        dataloader = self._owner("load", key)
+        self._enqueue(key, rk)
+        dataloader._wait(self, (key,), (rk,))
+        return self._result(rk)
+
+    def _owner(self, method: str, key: Any) -> "Dataloader":
+        dataloader = self.dataloader
+        if dataloader is None:
+            raise NotRunningError(
+                f"{type(self).__qualname__}.{method}({short_repr(key)}) was called on an "
+                "instance made directly. Get sources from a dataloader: "
+                f"dataloader.with_({type(self).__qualname__}, ...).{method}(...).",
+                source=self,
+                key=key,
+            )
+        return dataloader
+
+    # -- error messages -----------------------------------------------------
+
+    def _unhashable(self, method: str, key: Any) -> KeyTypeError:
+        rk = key if self._plain_result_keys else self.result_key_for(key)
+        return KeyTypeError(
+            f"{self!r}.{method}() needs hashable keys, but got {short_repr(key)} "
+            f"({type(rk).__name__} is unhashable). Pass a hashable value (a tuple instead of "
+            f"a list) or override {type(self).__qualname__}.result_key_for() to return one.",
+            source=self,
+            key=key,
+        )
+
+    @staticmethod
+    def _first_unhashable(keys: List[Any], rks: List[Any]) -> Any:
+        for key, rk in zip(keys, rks):
+            try:
+                hash(rk)
+            except TypeError:
+                return key
+        return None  # pragma: no cover - only called after a TypeError
+
+    def _wrong_length(self, keys: List[Any], result: Sequence[Any]) -> FetchError:
+        hint = ""
+        if len(result) < len(keys):
+            hint = f" The first key without a result is {short_repr(keys[len(result)])}."
+        return FetchError(
+            f"{self!r}.fetch() must return one result per key, in key order, but it returned "
+            f"{len(result)} results for {len(keys)} keys {short_repr(keys)}.{hint} Return a "
+            "list of len(keys) items (None where a key has no value), or a dict keyed by key.",
+            source=self,
+            keys=keys,
+            result=result,
+        )
+
+    def _not_a_sequence(self, keys: List[Any], result: Any) -> FetchError:
+        return FetchError(
+            f"{self!r}.fetch() must return a list with one result per key, but it returned "
+            f"{type(result).__name__} {short_repr(result)} for keys {short_repr(keys)}. Return "
+            "a list (not a generator), or a dict keyed by key.",
+            source=self,
+            keys=keys,
+            result=result,
+        )
+
+
+class Request(Generic[K, V]):
+    """A key registered with :meth:`Source.request`; ``load()`` gets its value."""
+
+    __slots__ = ("source", "key")
+
+    def __init__(self, source: Source[K, V], key: K) -> None:
+        self.source = source
+        self.key = key
+
+    def load(self) -> V:
+        """The value.  May suspend the calling job until the batch is fetched."""
+        return self.source.load(self.key)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.source!r} {short_repr(self.key)}>"
+
+
+class RequestAll(Generic[K, V]):
+    """Keys registered with :meth:`Source.request_all`; ``load()`` gets the list."""
+
+    __slots__ = ("source", "keys")
+
+    def __init__(self, source: Source[K, V], keys: List[K]) -> None:
+        self.source = source
+        self.keys = keys
+
+    def load(self) -> List[V]:
+        """The values in key order.  May suspend the calling job until fetched."""
+        return self.source.load_all(self.keys)
+
+    def __repr__(self) -> str:
+        return f"<RequestAll {self.source!r} {short_repr(self.keys)}>"
