@@ -85,6 +85,7 @@ from ._errors import (
     NotRunningError,
     SourceTypeError,
     describe_wait,
+    class_name,
     short_repr,
 )
 from ._fibers import CURRENT, Worker, copy_error
@@ -253,10 +254,10 @@ class Dataloader:
             pass
         except TypeError:
             raise SourceTypeError(
-                f"dataloader.with_({source_class.__qualname__}, ...) needs hashable batch "
-                f"parameters, but {source_class.__qualname__}.batch_key_for() gave "
+                f"dataloader.with_({class_name(source_class)}, ...) needs hashable batch "
+                f"parameters, but {class_name(source_class)}.batch_key_for() gave "
                 f"{short_repr(batch_key)}. Pass hashable arguments or override "
-                f"{source_class.__qualname__}.batch_key_for() to return a hashable key."
+                f"{class_name(source_class)}.batch_key_for() to return a hashable key."
             ) from None
         source = source_class(*args, **kwargs)
         source._attach(self, args, kwargs)
@@ -614,7 +615,7 @@ class Dataloader:
             )
         worker = getcurrent()
         if getattr(worker, "owner", None) is not run:
-            self._check_worker(f"with_({type(source).__qualname__}).load", run)
+            self._check_worker(f"with_({class_name(type(source))}).load", run)
         worker.waiting = (source, rks)
         results, errors = source._results, source._errors
         while True:
@@ -643,7 +644,7 @@ class Dataloader:
     ) -> None:
         """Resume every stuck worker with a DeadlockError naming the waits."""
         waits = [self._wait_of(worker) for worker in stuck]
-        lines = [self._describe_stuck(worker) for worker in stuck]
+        lines = [self._describe_stuck(worker, starved) for worker in stuck]
         hint = (
             "This usually means a fetch() loads a key that is in its own batch, or two fetches "
             "wait on each other's keys: load those keys in the job instead, or give the inner "
@@ -677,7 +678,7 @@ class Dataloader:
             return source, [rk for rk in rks if not source._resolved(rk)]
         return None, []
 
-    def _describe_stuck(self, worker: Worker) -> str:
+    def _describe_stuck(self, worker: Worker, starved: Sequence[Source]) -> str:  # type: ignore[type-arg]
         source, keys = self._wait_of(worker)
         batch = getattr(worker, "batch", None)
         who = "a job"
@@ -687,7 +688,9 @@ class Dataloader:
             who = f"{fetching!r}.fetch({short_repr([key for _, key in items])})"
             if source is fetching and any(rk in dict(items) for rk in keys):
                 note = " -- keys of its own batch: a circular dependency"
-        if source is not None and not note and any(rk in source._fetching for rk in keys):
+        if source is not None and not note and source in starved:
+            note = " -- its fetch is waiting for a free greenlet"
+        elif source is not None and not note and any(rk in source._fetching for rk in keys):
             note = " -- in flight in another fetch that is stuck too"
         return f"  {who} waits on {describe_wait(source, keys)}{note}"
 

@@ -23,6 +23,7 @@ __all__ = [
     "DeadlockError",
     "InvariantError",
     "short_repr",
+    "class_name",
 ]
 
 _repr = reprlib.Repr()
@@ -37,6 +38,11 @@ def short_repr(value: Any) -> str:
         return _repr.repr(value)
     except Exception:  # a broken __repr__ must not hide the real error
         return f"<{type(value).__name__} object>"
+
+
+def class_name(cls: type) -> str:
+    """``cls.__qualname__`` without the ``<locals>`` of classes made in functions."""
+    return cls.__qualname__.rsplit("<locals>.", 1)[-1]
 
 
 class FiberloaderError(Exception):

@@ -58,6 +58,7 @@ from ._errors import (
     InvariantError,
     KeyTypeError,
     NotRunningError,
+    class_name,
     short_repr,
 )
 from ._fibers import copy_error
@@ -146,7 +147,7 @@ class Source(Generic[K, V]):
         on other sources and ``dataloader.yield_()``; both may suspend it.
         """
         raise NotImplementedError(
-            f"{type(self).__qualname__} must implement fetch(keys) and return one "
+            f"{class_name(type(self))} must implement fetch(keys) and return one "
             "result per key"
         )
 
@@ -297,7 +298,7 @@ class Source(Generic[K, V]):
         return list(self._pending.values())
 
     def __repr__(self) -> str:
-        return self._label or f"{type(self).__qualname__}()"
+        return self._label or f"{class_name(type(self))}()"
 
     # -- called by the dataloader ------------------------------------------
 
@@ -306,7 +307,7 @@ class Source(Generic[K, V]):
         size = type(self).max_batch_size
         if size is not None and (type(size) is not int or size < 1):
             raise ConfigurationError(
-                f"{type(self).__qualname__}.max_batch_size must be None or a positive int, "
+                f"{class_name(type(self))}.max_batch_size must be None or a positive int, "
                 f"but it is {short_repr(size)}."
             )
         self.dataloader = dataloader
@@ -316,7 +317,7 @@ class Source(Generic[K, V]):
         self._fetching = set()
         self._queued = False
         shown = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
-        self._label = f"{type(self).__qualname__}({', '.join(shown)})"
+        self._label = f"{class_name(type(self))}({', '.join(shown)})"
 
     def _enqueue(self, key: Any, rk: Hashable) -> None:
         """Add ``key`` to the next batch unless it is pending or in flight."""
@@ -409,9 +410,9 @@ class Source(Generic[K, V]):
         dataloader = self.dataloader
         if dataloader is None:
             raise NotRunningError(
-                f"{type(self).__qualname__}.{method}({short_repr(key)}) was called on an "
+                f"{class_name(type(self))}.{method}({short_repr(key)}) was called on an "
                 "instance made directly. Get sources from a dataloader: "
-                f"dataloader.with_({type(self).__qualname__}, ...).{method}(...).",
+                f"dataloader.with_({class_name(type(self))}, ...).{method}(...).",
                 source=self,
                 key=key,
             )
@@ -424,7 +425,7 @@ class Source(Generic[K, V]):
         return KeyTypeError(
             f"{self!r}.{method}() needs hashable keys, but got {short_repr(key)} "
             f"({type(rk).__name__} is unhashable). Pass a hashable value (a tuple instead of "
-            f"a list) or override {type(self).__qualname__}.result_key_for() to return one.",
+            f"a list) or override {class_name(type(self))}.result_key_for() to return one.",
             source=self,
             key=key,
         )
