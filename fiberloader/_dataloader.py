@@ -606,8 +606,8 @@ class Dataloader:
         run = self._run
         if run is None:
             raise NotRunningError(
-                f"{source!r}.load({short_repr(keys[0])}) needs a fetch, but {type(self).__name__} "
-                "is not running. Load from inside a job: "
+                f"{source!r} key {short_repr(keys[0])} is not cached and needs a fetch, but "
+                f"{type(self).__name__} is not running. Load from inside a job: "
                 f"{type(self).__name__}.with_dataloading(fn), or dataloader.append_job(fn) then "
                 "dataloader.run(); in a web app, install fiberloader's middleware.",
                 source=source,

@@ -217,10 +217,13 @@ class Source(Generic[K, V]):
         errors = self._errors
         missing_keys = []
         missing_rks = []
-        for key, rk in zip(keys, rks):
-            if rk not in results and rk not in errors:
-                missing_keys.append(key)
-                missing_rks.append(rk)
+        try:
+            for key, rk in zip(keys, rks):
+                if rk not in results and rk not in errors:
+                    missing_keys.append(key)
+                    missing_rks.append(rk)
+        except TypeError:
+            raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
         if missing_rks:
             dataloader = self._owner("load_all", missing_keys[0])
             for key, rk in zip(missing_keys, missing_rks):
@@ -263,9 +266,10 @@ class Source(Generic[K, V]):
         for key, value in values.items():
             rk = key if self._plain_result_keys else self.result_key_for(key)
             try:
-                pending.pop(rk, None)
+                hash(rk)
             except TypeError:
                 raise self._unhashable("merge", key) from None
+            pending.pop(rk, None)
             if isinstance(value, Exception):
                 errors[rk] = value
                 results.pop(rk, None)
@@ -287,9 +291,10 @@ class Source(Generic[K, V]):
         if self.dataloader is not None:
             rk = key if self._plain_result_keys else self.result_key_for(key)
             try:
-                self._results.pop(rk, None)
+                hash(rk)
             except TypeError:
                 raise self._unhashable("clear", key) from None
+            self._results.pop(rk, None)
             self._errors.pop(rk, None)
 
     @property
