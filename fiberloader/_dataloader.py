@@ -161,28 +161,57 @@ class _Run:
 
 
 class _Group:
-    """The jobs of one ``map()`` call and the worker waiting for them."""
+    """The items of one ``map()`` call: a loop that other workers can split.
 
-    __slots__ = ("fn", "items", "results", "errors", "remaining", "waiter", "run")
+    The caller runs the items itself, one after another.  Whenever a worker
+    running items of a group parks, and the group still has items nobody has
+    started, one *helper* job is queued; whichever worker takes it carries on
+    with the remaining items (and queues the next helper if it parks too).
+    So a map whose items never wait costs no greenlet at all, and one whose
+    items all wait uses one greenlet per waiting item, as plain jobs would.
+    The caller, once it runs out of items to start, waits for the others;
+    the worker that finishes the last item puts it back on the ready queue.
+    """
+
+    __slots__ = ("fn", "items", "next", "results", "errors", "remaining", "waiter",
+                 "waiting", "helper_queued", "run")
 
     def __init__(self, fn: Callable[[Any], Any], items: List[Any], waiter: Worker, run: _Run) -> None:
         self.fn = fn
         self.items = items
+        self.next = 0  # index of the first item nobody has started
         self.results: List[Any] = [None] * len(items)
         self.errors: Dict[int, BaseException] = {}
         self.remaining = len(items)
         self.waiter = waiter
+        self.waiting = False  # the waiter is parked until remaining == 0
+        self.helper_queued = False
         self.run = run
 
-    def run_item(self, index: int) -> None:
+    def work(self) -> None:
+        """Run unstarted items until none is left (the caller's and helpers' loop)."""
+        self.helper_queued = False
+        worker = getcurrent()
+        groups = worker.groups
+        if groups is None:
+            groups = worker.groups = []
+        groups.append(self)
+        items, fn = self.items, self.fn
         try:
-            self.results[index] = self.fn(self.items[index])
-        except Exception as error:
-            self.errors[index] = error
+            while self.next < len(items):
+                index = self.next
+                self.next = index + 1
+                try:
+                    self.results[index] = copy_context().run(fn, items[index])
+                except Exception as error:
+                    self.errors[index] = error
+                finally:
+                    self.remaining -= 1
+                    if not self.remaining and self.waiting:
+                        self.waiting = False
+                        self.run.ready.append(self.waiter)
         finally:
-            self.remaining -= 1
-            if not self.remaining:
-                self.run.ready.append(self.waiter)
+            groups.pop()
 
     def outcome(self) -> List[Any]:
         if self.errors:
@@ -389,11 +418,13 @@ class Dataloader:
         if run.phase is _FETCH_PHASE:
             return self.run_isolated(lambda: self.map(fn, items))
         group = _Group(fn, items, worker, run)
-        self._jobs.extend(partial(group.run_item, index) for index in range(len(items)))
-        worker.waiting = group
-        while group.remaining:
-            self._park(run, _WAITING)
-        worker.waiting = None
+        group.work()
+        if group.remaining:
+            worker.waiting = group
+            group.waiting = True
+            while group.waiting:
+                self._park(run, _WAITING)
+            worker.waiting = None
         return group.outcome()
 
     def yield_(self) -> None:
@@ -598,6 +629,14 @@ class Dataloader:
         """Switch to the hub until it resumes this worker."""
         if run.closing:
             raise GreenletExit
+        groups = getcurrent().groups
+        if groups:
+            # map() loops on this stack must not stall while it waits: let
+            # another worker carry on with their unstarted items.
+            for group in reversed(groups):  # innermost first: the order plain code would take
+                if not group.helper_queued and group.next < len(group.items):
+                    group.helper_queued = True
+                    self._jobs.append(group.work)
         if run.hub.switch(state) is _DEADLOCK:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
 

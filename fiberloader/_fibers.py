@@ -43,8 +43,10 @@ def current_dataloader() -> "Optional[Dataloader]":
 class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for subclassing
     """A greenlet that runs jobs and fetches for one run of a dataloader."""
 
-    owner: Any = None
-    waiting: Any = None
+    owner: Any = None  # the run this worker belongs to
+    waiting: Any = None  # what it is parked on: (source, keys) or a map group
+    batch: Any = None  # (source, batch) while it runs a fetch
+    groups: Any = None  # the map() loops running on its stack, outermost first
 
 
 def copy_error(error: BaseException) -> BaseException:
