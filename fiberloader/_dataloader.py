@@ -102,6 +102,7 @@ D = TypeVar("D", bound="Dataloader")
 
 # What a worker tells the hub when it switches back.
 _IDLE = "idle"  # finished its task(s), waiting for more
+_DONE = "done"  # finished its task(s) and ended (enough workers were idle)
 _PARKED = "parked"  # waiting for keys or a yield_(): resume it next round
 _WAITING = "waiting"  # waiting for a map() group, which resumes it itself
 # What the hub tells a worker.
@@ -113,6 +114,10 @@ _JOB_PHASE = "job"
 _FETCH_PHASE = "fetch"
 
 _MAX_DEADLOCK_ROUNDS = 3  # stuck code that swallows DeadlockError aborts run()
+# Idle workers kept for reuse within a run.  A worker that finishes when this
+# many are idle ends at once instead: ending it now or at the end of the run
+# costs the same, and the switches to park and stop it are saved.
+_KEEP_IDLE = 64
 
 
 class DataloaderStats:
@@ -145,9 +150,10 @@ class _Run:
         "progress",
         "closing",
         "deadlock",
+        "cleanup",
     )
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: Any, cleanup: bool) -> None:
         self.hub = hub  # the greenlet running the loop; every worker's parent
         self.phase = _JOB_PHASE
         self.workers: Dict[Worker, None] = {}  # alive, in start order
@@ -158,6 +164,7 @@ class _Run:
         self.progress = 0  # bumped whenever something finishes
         self.closing = False
         self.deadlock: Optional[DeadlockError] = None
+        self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
 
 
 class _Group:
@@ -174,7 +181,7 @@ class _Group:
     """
 
     __slots__ = ("fn", "items", "next", "results", "errors", "remaining", "waiter",
-                 "waiting", "helper_queued", "run")
+                 "waiting", "helper_queued", "run", "context")
 
     def __init__(self, fn: Callable[[Any], Any], items: List[Any], waiter: Worker, run: _Run) -> None:
         self.fn = fn
@@ -187,22 +194,25 @@ class _Group:
         self.waiting = False  # the waiter is parked until remaining == 0
         self.helper_queued = False
         self.run = run
+        self.context = copy_context()  # each item runs in a copy of the caller's
 
     def work(self) -> None:
         """Run unstarted items until none is left (the caller's and helpers' loop)."""
         self.helper_queued = False
-        worker = getcurrent()
+        worker: Worker = getcurrent()  # type: ignore[assignment]
         groups = worker.groups
         if groups is None:
             groups = worker.groups = []
         groups.append(self)
-        items, fn = self.items, self.fn
+        items, fn, context = self.items, self.fn, self.context
+        own_context = worker.gr_context
         try:
             while self.next < len(items):
                 index = self.next
                 self.next = index + 1
+                worker.gr_context = context.copy()
                 try:
-                    self.results[index] = copy_context().run(fn, items[index])
+                    self.results[index] = fn(items[index])
                 except Exception as error:
                     self.errors[index] = error
                 finally:
@@ -211,6 +221,7 @@ class _Group:
                         self.waiting = False
                         self.run.ready.append(self.waiter)
         finally:
+            worker.gr_context = own_context
             groups.pop()
 
     def outcome(self) -> List[Any]:
@@ -476,7 +487,7 @@ class Dataloader:
     # -- the scheduler (runs in the hub) ----------------------------------------
 
     def _new_run(self) -> _Run:
-        return _Run(getcurrent())
+        return _Run(getcurrent(), type(self).cleanup_fiber is not Dataloader.cleanup_fiber)
 
     def _drive(self, run: _Run) -> None:
         """Alternate job and fetch phases until nothing is queued or parked."""
@@ -515,11 +526,24 @@ class Dataloader:
                 worker, state = self._start(run, _JOBS)
             else:
                 return
+            # _settle, inlined: this loop runs once per job that waits.
             if state is _PARKED:
                 parked.append(worker)
             elif state is _IDLE:
                 idle.append(worker)
                 run.progress += 1
+            elif state is _DONE:
+                run.progress += 1
+
+    def _settle(self, run: _Run, worker: Worker, state: Any, parked: List[Worker]) -> None:
+        """Book a worker that switched back to the hub with ``state``."""
+        if state is _PARKED:
+            parked.append(worker)
+        elif state is _IDLE:
+            run.idle.append(worker)
+            run.progress += 1
+        elif state is _DONE:
+            run.progress += 1
 
     def _fetch_phase(self, run: _Run) -> None:
         run.phase = _FETCH_PHASE
@@ -535,11 +559,7 @@ class Dataloader:
             if waiting and (idle or len(run.workers) < self._limit):
                 source, batch = waiting.popleft()
                 worker, state = self._start(run, partial(self._fetch, source, batch))
-                if state is _PARKED:
-                    parked.append(worker)
-                elif state is _IDLE:
-                    idle.append(worker)
-                    run.progress += 1
+                self._settle(run, worker, state, parked)
                 continue
             if not parked:
                 if waiting:
@@ -549,12 +569,7 @@ class Dataloader:
             resuming = parked[:]
             parked.clear()
             for worker in resuming:
-                state = worker.switch(None)
-                if state is _PARKED:
-                    parked.append(worker)
-                elif state is _IDLE:
-                    idle.append(worker)
-                    run.progress += 1
+                self._settle(run, worker, worker.switch(None), parked)
             if run.progress != mark or sources:
                 stuck_rounds = 0
                 continue
@@ -565,7 +580,7 @@ class Dataloader:
 
     def _fetch(self, source: Source, batch: Batch) -> None:  # type: ignore[type-arg]
         """A fetch task, run in a worker."""
-        worker = getcurrent()
+        worker: Worker = getcurrent()  # type: ignore[assignment]
         worker.batch = (source, batch)
         stats = self.stats
         stats.fetches += 1
@@ -591,30 +606,47 @@ class Dataloader:
             stats.max_alive = len(run.workers)
         return worker, worker.switch(run, variables, task)
 
-    def _work(self, run: _Run, variables: Any, task: Any) -> None:
+    def _work(self, run: _Run, variables: Any, task: Any) -> Optional[str]:
         """The body of every worker greenlet."""
-        me = getcurrent()
+        me: Worker = getcurrent()  # type: ignore[assignment]
+        base = None
         try:
             self.set_fiber_variables(variables)
             del variables
+            base = me.gr_context
+            if base is None:  # an override that set no context: start from an empty one
+                base = Context()
             hub = run.hub
+            idle = run.idle
             while task is not _STOP:
+                # Each job and fetch gets its own copy of the worker's context.
+                # Swapping gr_context (rather than Context.run) keeps the job's
+                # frames in this eval loop: fewer C frames for greenlet to copy
+                # on every switch.
                 if task is _JOBS:
                     jobs = self._jobs
                     while jobs:
-                        copy_context().run(jobs.popleft())
+                        me.gr_context = base.copy()
+                        jobs.popleft()()
                 else:
-                    copy_context().run(task)
+                    me.gr_context = base.copy()
+                    task()
+                if len(idle) >= _KEEP_IDLE:
+                    return _DONE
                 task = None  # drop the reference while idle
                 task = hub.switch(_IDLE)
+            return None
         finally:
             run.workers.pop(me, None)
-            self.cleanup_fiber()
+            if base is not None:
+                me.gr_context = base
+            if run.cleanup:
+                self.cleanup_fiber()
 
     # -- parking (runs in a worker) -------------------------------------------
 
     def _check_worker(self, what: str, run: _Run) -> Worker:
-        worker = getcurrent()
+        worker: Worker = getcurrent()  # type: ignore[assignment]
         if getattr(worker, "owner", None) is not run:
             raise NotRunningError(
                 f"dataloader.{what}() was called from a greenlet that is not one of this "
@@ -623,13 +655,13 @@ class Dataloader:
                 "own). Call it from the job itself, or use that code's own dataloader "
                 "(fiberloader.current_dataloader())."
             )
-        return worker  # type: ignore[no-any-return]
+        return worker
 
     def _park(self, run: _Run, state: str) -> None:
         """Switch to the hub until it resumes this worker."""
         if run.closing:
             raise GreenletExit
-        groups = getcurrent().groups
+        groups = getcurrent().groups  # type: ignore[attr-defined]
         if groups:
             # map() loops on this stack must not stall while it waits: let
             # another worker carry on with their unstarted items.
@@ -642,7 +674,7 @@ class Dataloader:
 
     def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
         """Park the calling job until every key of ``rks`` is resolved."""
-        run = self._run
+        run: Optional[_Run] = self._run
         if run is None:
             raise NotRunningError(
                 f"{source!r} key {short_repr(keys[0])} is not cached and needs a fetch, but "
@@ -652,13 +684,14 @@ class Dataloader:
                 source=source,
                 key=keys[0],
             )
-        worker = getcurrent()
-        if getattr(worker, "owner", None) is not run:
-            self._check_worker(f"with_({class_name(type(source))}).load", run)
+        worker = self._check_worker(f"with_({class_name(type(source))}).load", run)
         worker.waiting = (source, rks)
         results, errors = source._results, source._errors
         while True:
-            self._park(run, _PARKED)
+            if run.closing or worker.groups:
+                self._park(run, _PARKED)
+            elif run.hub.switch(_PARKED) is _DEADLOCK:  # _park, inlined: the common case
+                raise copy_error(run.deadlock)  # type: ignore[arg-type]
             for key, rk in zip(keys, rks):
                 if rk not in results and rk not in errors:
                     break
@@ -702,12 +735,7 @@ class Dataloader:
             raise error
         run.deadlock = error
         for worker in stuck:
-            state = worker.switch(_DEADLOCK)
-            if state is _PARKED:
-                parked.append(worker)
-            elif state is _IDLE:
-                run.idle.append(worker)
-                run.progress += 1
+            self._settle(run, worker, worker.switch(_DEADLOCK), parked)
 
     @staticmethod
     def _wait_of(worker: Worker) -> Tuple[Optional[Source], List[Any]]:  # type: ignore[type-arg]

@@ -40,7 +40,7 @@ def current_dataloader() -> "Optional[Dataloader]":
     return CURRENT.get()
 
 
-class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for subclassing
+class Worker(greenlet):
     """A greenlet that runs jobs and fetches for one run of a dataloader."""
 
     owner: Any = None  # the run this worker belongs to

@@ -12,9 +12,8 @@ from __future__ import annotations
 from contextvars import copy_context
 from typing import Any, Callable, Hashable, Iterable, List, Optional, Sequence, TypeVar
 
-from greenlet import getcurrent
 
-from ._dataloader import Dataloader, _Run
+from ._dataloader import Dataloader
 from ._errors import DeadlockError, FiberloaderError, NotRunningError, short_repr
 from ._fibers import CURRENT
 from ._source import Source
@@ -43,7 +42,7 @@ class NullDataloader(Dataloader):
             )
         context = copy_context()
         context.run(CURRENT.set, self)
-        self._run = _Run(getcurrent())
+        self._run = self._new_run()
         try:
             jobs = self._jobs
             while jobs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable, List, Optional, Type
+from typing import Any, Callable, List, Type
 
 from ._errors import ConfigurationError, short_repr
 

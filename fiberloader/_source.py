@@ -196,7 +196,7 @@ class Source(Generic[K, V]):
             pass
         except TypeError:
             raise self._unhashable("load", key) from None
-        return self._load_missing(key, rk)
+        return self._load_missing(key, rk)  # type: ignore[no-any-return]
 
     def load_all(self, keys: Iterable[K]) -> List[V]:
         """Return the values for ``keys``, in order, duplicates included.
@@ -406,9 +406,15 @@ class Source(Generic[K, V]):
         error = self._errors.get(rk)
         if error is not None:
             raise copy_error(error)
-        dataloader = self._owner("load", key)
-        self._enqueue(key, rk)
-        dataloader._wait(self, (key,), (rk,))
+        dataloader = self.dataloader
+        if dataloader is None:
+            self._owner("load", key)  # raises
+        if rk not in self._pending and rk not in self._fetching:  # _enqueue, inlined
+            self._pending[rk] = key if self._plain_fetch_keys else self.normalize_fetch_key(key)
+            if not self._queued:
+                self._queued = True
+                dataloader._pending_sources.append(self)  # type: ignore[union-attr]
+        dataloader._wait(self, (key,), (rk,))  # type: ignore[union-attr]
         return self._result(rk)
 
     def _owner(self, method: str, key: Any) -> "Dataloader":

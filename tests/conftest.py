@@ -9,7 +9,7 @@ only assert results, which no scheduler may change.
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable, Dict, List, Type
+from typing import Any, Callable, List, Type
 
 import pytest
 from greenlet import greenlet

@@ -83,7 +83,7 @@ def test_finished_dataloader_and_its_cache_are_freed(scheduler: Type[Dataloader]
     dataloader = scheduler()
     box: List[Any] = []
     for key in range(5):
-        dataloader.append_job(lambda key=key: box.append(weakref.ref(dataloader.with_(Values).load(key))))
+        dataloader.append_job(lambda dl=dataloader, key=key: box.append(weakref.ref(dl.with_(Values).load(key))))
     dataloader.run()
     ref = weakref.ref(dataloader)
     del dataloader

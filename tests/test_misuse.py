@@ -26,7 +26,6 @@ from fiberloader import (
     dataloader_class,
 )
 
-from .conftest import Recorder
 
 
 class Users(Source):
