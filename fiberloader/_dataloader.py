@@ -684,7 +684,9 @@ class Dataloader:
                 source=source,
                 key=keys[0],
             )
-        worker = self._check_worker(f"with_({class_name(type(source))}).load", run)
+        worker: Worker = getcurrent()  # type: ignore[assignment]
+        if getattr(worker, "owner", None) is not self._run:
+            self._check_worker(f"with_({class_name(type(source))}).load", run)  # raises
         worker.waiting = (source, rks)
         results, errors = source._results, source._errors
         while True:

@@ -196,7 +196,21 @@ class Source(Generic[K, V]):
             pass
         except TypeError:
             raise self._unhashable("load", key) from None
-        return self._load_missing(key, rk)  # type: ignore[no-any-return]
+        # Not cached.  Kept inline, not in a helper: a parked job's stack is
+        # walked by every garbage collection, so every frame counts.
+        error = self._errors.get(rk)
+        if error is not None:
+            raise copy_error(error)
+        dataloader = self.dataloader
+        if dataloader is None:
+            raise self._detached("load", key)
+        if rk not in self._pending and rk not in self._fetching:  # _enqueue, inlined
+            self._pending[rk] = key if self._plain_fetch_keys else self.normalize_fetch_key(key)
+            if not self._queued:
+                self._queued = True
+                dataloader._pending_sources.append(self)
+        dataloader._wait(self, (key,), (rk,))
+        return self._result(rk)  # type: ignore[no-any-return]
 
     def load_all(self, keys: Iterable[K]) -> List[V]:
         """Return the values for ``keys``, in order, duplicates included.
@@ -402,32 +416,20 @@ class Source(Generic[K, V]):
     def _resolved(self, rk: Hashable) -> bool:
         return rk in self._results or rk in self._errors
 
-    def _load_missing(self, key: Any, rk: Hashable) -> Any:
-        error = self._errors.get(rk)
-        if error is not None:
-            raise copy_error(error)
-        dataloader = self.dataloader
-        if dataloader is None:
-            self._owner("load", key)  # raises
-        if rk not in self._pending and rk not in self._fetching:  # _enqueue, inlined
-            self._pending[rk] = key if self._plain_fetch_keys else self.normalize_fetch_key(key)
-            if not self._queued:
-                self._queued = True
-                dataloader._pending_sources.append(self)  # type: ignore[union-attr]
-        dataloader._wait(self, (key,), (rk,))  # type: ignore[union-attr]
-        return self._result(rk)
-
     def _owner(self, method: str, key: Any) -> "Dataloader":
         dataloader = self.dataloader
         if dataloader is None:
-            raise NotRunningError(
-                f"{class_name(type(self))}.{method}({short_repr(key)}) was called on an "
-                "instance made directly. Get sources from a dataloader: "
-                f"dataloader.with_({class_name(type(self))}, ...).{method}(...).",
-                source=self,
-                key=key,
-            )
+            raise self._detached(method, key)
         return dataloader
+
+    def _detached(self, method: str, key: Any) -> NotRunningError:
+        return NotRunningError(
+            f"{class_name(type(self))}.{method}({short_repr(key)}) was called on an "
+            "instance made directly. Get sources from a dataloader: "
+            f"dataloader.with_({class_name(type(self))}, ...).{method}(...).",
+            source=self,
+            key=key,
+        )
 
     # -- error messages -----------------------------------------------------
 
