@@ -53,10 +53,10 @@ How to run
 
 ::
 
-    cd /work/main && PYTHONPATH=. python benchmarks/bench_core.py
-    PYTHONPATH=. python benchmarks/bench_core.py --n 50000 --repeat 11
-    PYTHONPATH=. python benchmarks/bench_core.py --quick    # smoke run, a second or two
-    PYTHONPATH=. python benchmarks/bench_core.py --profile  # cProfile of fiberloader (c)
+    python benchmarks/bench_core.py            # after: python -m pip install -e ".[bench]"
+    python benchmarks/bench_core.py --n 50000 --repeat 11
+    python benchmarks/bench_core.py --quick    # smoke run, a second or two
+    python benchmarks/bench_core.py --profile  # cProfile of fiberloader (c)
 
 ``--profile`` prints, instead of the table, the 25 functions with the most
 own time (``tottime``) in scenario (c) for fiberloader.  cProfile sees one

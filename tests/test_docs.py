@@ -1,0 +1,74 @@
+"""The README's code runs, its commands match CI, and the examples work."""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.rst").read_text(encoding="utf-8")
+
+
+def python_blocks(text: str) -> List[str]:
+    """The bodies of the ``.. code-block:: python`` directives, dedented."""
+    blocks = []
+    for match in re.finditer(r"^\.\. code-block:: python\n\n((?:(?:    .*)?\n)+)", text, re.M):
+        lines = match.group(1).splitlines()
+        blocks.append("\n".join(line[4:] for line in lines))
+    return blocks
+
+
+BLOCKS = python_blocks(README)
+
+
+def test_readme_has_code_blocks() -> None:
+    assert len(BLOCKS) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_code_block_runs(index: int) -> None:
+    namespace: Dict[str, Any] = {"__name__": f"readme_block_{index}"}
+    exec(compile(BLOCKS[index], f"README.rst block {index}", "exec"), namespace)
+
+
+def quickstart_commands() -> List[str]:
+    section = README.split("Quickstart\n----------", 1)[1].split("\n\n\n", 1)[0]
+    return [line.strip() for line in section.splitlines() if line.startswith("    python -m pip")]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    commands = quickstart_commands()
+    assert len(commands) == 2, commands
+    test_command = commands[1]
+    assert "pytest" in test_command
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "set -e" in ci
+    assert test_command in ci.splitlines()
+
+
+@pytest.mark.parametrize("posts", [40, 400])
+def test_sqlite_demo_collapses_n_plus_one_into_a_few_statements(capsys: Any, posts: int) -> None:
+    demo = runpy.run_path(str(ROOT / "examples" / "sqlite_demo.py"))
+    assert demo["main"](["--posts", str(posts)]) == 0  # 0: every variant gave the same data
+    out = capsys.readouterr().out
+    counts = {name.strip(): int(count) for name, count in
+              re.findall(r"^(naive N\+1 loop|fiberloader, Dataloader)\s+(\d+)", out, re.M)}
+    assert counts["naive N+1 loop"] == 1 + 5 * posts  # posts, then per post: author, comments, 3 authors
+    # posts; comments + post authors; comment authors not yet cached (if any)
+    assert counts["fiberloader, Dataloader"] in (3, 4)
+
+
+def test_bench_core_smoke_run() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--quick"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(c) N jobs" in result.stdout and "fiberloader map(load, keys)" in result.stdout
