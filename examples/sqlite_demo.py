@@ -105,30 +105,27 @@ def naive_view(db: sqlite3.Connection) -> List[Dict[str, Any]]:
 # -- fiberloader: the same shape of code, loads batched ----------------------------------
 
 
-class UserName(Source):
-    """users.name by id: one query per batch."""
+class DatabaseSource(Source):
+    """A source reading one SQLite connection, its batch parameter."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
     @classmethod
     def batch_key_for(cls, db: sqlite3.Connection) -> Any:
-        return id(db)
+        return id(db)  # one instance per connection
+
+
+class UserName(DatabaseSource):
+    """users.name by id: one query per batch."""
 
     def fetch(self, ids: List[int]) -> Dict[int, str]:
         rows = self.db.execute(f"SELECT id, name FROM users WHERE id IN ({placeholders(ids)})", ids)
         return dict(rows.fetchall())  # a dict keyed by key: missing ids give None
 
 
-class CommentsOfPost(Source):
+class CommentsOfPost(DatabaseSource):
     """(body, author_id) of each post's comments, by post id: one query per batch."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    @classmethod
-    def batch_key_for(cls, db: sqlite3.Connection) -> Any:
-        return id(db)
 
     def fetch(self, post_ids: List[int]) -> List[List[Tuple[str, int]]]:
         by_post: Dict[int, List[Tuple[str, int]]] = {post_id: [] for post_id in post_ids}

@@ -370,12 +370,7 @@ class Dataloader:
         context.run(CURRENT.set, self)
         run = self._run = self._new_run()
         try:
-            context.run(self._drive, run)
-        except BaseException:
-            self._close(run, failed=True)
-            raise
-        else:
-            self._close(run, failed=False)
+            context.run(self._complete, run)
         finally:
             self._run = None
 
@@ -399,12 +394,7 @@ class Dataloader:
             else:
                 inner = self._run = self._new_run()
                 try:
-                    self._drive(inner)
-                except BaseException:
-                    self._close(inner, failed=True)
-                    raise
-                else:
-                    self._close(inner, failed=False)
+                    self._complete(inner)
                 finally:
                     self._run = outer
         finally:
@@ -488,6 +478,15 @@ class Dataloader:
 
     def _new_run(self) -> _Run:
         return _Run(getcurrent(), type(self).cleanup_fiber is not Dataloader.cleanup_fiber)
+
+    def _complete(self, run: _Run) -> None:
+        """Drive ``run`` to its end, then end its workers (also on failure)."""
+        try:
+            self._drive(run)
+        except BaseException:
+            self._close(run, failed=True)
+            raise
+        self._close(run, failed=False)
 
     def _drive(self, run: _Run) -> None:
         """Alternate job and fetch phases until nothing is queued or parked."""
