@@ -100,12 +100,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound=Source)  # type: ignore[type-arg]
 D = TypeVar("D", bound="Dataloader")
 
-# What a worker tells the hub when it switches back.
-_IDLE = "idle"  # finished its task(s), waiting for more
-_DONE = "done"  # finished its task(s) and ended (enough workers were idle)
-_PARKED = "parked"  # waiting for keys or a yield_(): resume it next round
-_WAITING = "waiting"  # waiting for a map() group, which resumes it itself
-# What the hub tells a worker.
+# What the hub hands a worker.
 _JOBS = "jobs"  # take jobs from the queue
 _STOP = "stop"  # end (an idle worker, at the end of the run)
 _DEADLOCK = "deadlock"  # your wait can never end: raise
@@ -137,7 +132,14 @@ class DataloaderStats:
 
 
 class _Run:
-    """The state of one run (``run()``, or a ``run_isolated`` inside one)."""
+    """The state of one run (``run()``, or a ``run_isolated`` inside one).
+
+    Workers book themselves before they hand control back: a worker that
+    parks appends itself to ``parked`` (or ``parked_fetches``), one that
+    runs out of work to ``idle``, and each decrements ``running``.  So the
+    hub only ever reads these lists; under gevent, where workers run
+    concurrently, ``running == 0`` is the moment a phase is over.
+    """
 
     __slots__ = (
         "hub",
@@ -147,24 +149,34 @@ class _Run:
         "parked",
         "parked_fetches",
         "ready",
+        "running",
+        "starting",
+        "want_worker",
         "progress",
+        "failure",
         "closing",
         "deadlock",
         "cleanup",
+        "wake",
     )
 
-    def __init__(self, hub: Any, cleanup: bool) -> None:
-        self.hub = hub  # the greenlet running the loop; every worker's parent
+    def __init__(self, hub: Any, cleanup: bool, wake: Any = None) -> None:
+        self.hub = hub  # the greenlet running the loop
         self.phase = _JOB_PHASE
         self.workers: Dict[Worker, None] = {}  # alive, in start order
         self.idle: List[Worker] = []
         self.parked: List[Worker] = []  # jobs waiting on keys or yield_()
         self.parked_fetches: List[Worker] = []
         self.ready: Deque[Worker] = deque()  # to resume in this job phase
-        self.progress = 0  # bumped whenever something finishes
+        self.running = 0  # handed work or a resume, and not parked/idle/ended since
+        self.starting = 0  # handed work, and not yet running it (a woken worker counts)
+        self.want_worker = False  # a worker saw more jobs queued behind its own
+        self.progress = 0  # bumped whenever a task finishes
+        self.failure: Optional[BaseException] = None  # a job's exception, for the hub
         self.closing = False
         self.deadlock: Optional[DeadlockError] = None
         self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
+        self.wake = wake  # concurrent schedulers: what the hub blocks on
 
 
 class _Group:
@@ -181,9 +193,12 @@ class _Group:
     """
 
     __slots__ = ("fn", "items", "next", "results", "errors", "remaining", "waiter",
-                 "waiting", "helper_queued", "run", "context")
+                 "waiting", "helper_queued", "run", "context", "dataloader")
 
-    def __init__(self, fn: Callable[[Any], Any], items: List[Any], waiter: Worker, run: _Run) -> None:
+    def __init__(
+        self, dataloader: "Dataloader", fn: Callable[[Any], Any], items: List[Any], waiter: Worker, run: _Run
+    ) -> None:
+        self.dataloader = dataloader
         self.fn = fn
         self.items = items
         self.next = 0  # index of the first item nobody has started
@@ -210,6 +225,10 @@ class _Group:
             while self.next < len(items):
                 index = self.next
                 self.next = index + 1
+                if self.run.wake is not None and self.next < len(items):
+                    # Concurrent scheduler: an item may block in I/O, which the
+                    # scheduler cannot see; have a helper ready to go on.
+                    self.dataloader._split(self.run, self)
                 worker.gr_context = context.copy()
                 try:
                     self.results[index] = fn(items[index])
@@ -219,7 +238,7 @@ class _Group:
                     self.remaining -= 1
                     if not self.remaining and self.waiting:
                         self.waiting = False
-                        self.run.ready.append(self.waiter)
+                        self.dataloader._make_ready(self.run, self.waiter)
         finally:
             worker.gr_context = own_context
             groups.pop()
@@ -418,13 +437,13 @@ class Dataloader:
             return []
         if run.phase is _FETCH_PHASE:
             return self.run_isolated(lambda: self.map(fn, items))
-        group = _Group(fn, items, worker, run)
+        group = _Group(self, fn, items, worker, run)
         group.work()
         if group.remaining:
             worker.waiting = group
             group.waiting = True
             while group.waiting:
-                self._park(run, _WAITING)
+                self._park(run, worker, None)
             worker.waiting = None
         return group.outcome()
 
@@ -443,7 +462,7 @@ class Dataloader:
             )
         worker = self._check_worker("yield_", run)
         worker.waiting = None
-        self._park(run, _PARKED)
+        self._park(run, worker, run.parked if run.phase is _JOB_PHASE else run.parked_fetches)
         run.progress += 1
 
     # -- lifecycle hooks ------------------------------------------------------
@@ -507,75 +526,67 @@ class Dataloader:
             stuck_rounds += 1
             stuck = run.parked[:]
             run.parked.clear()
-            self._break_deadlock(run, stuck, run.parked, stuck_rounds)
+            self._break_deadlock(run, stuck, stuck_rounds)
 
     def _job_phase(self, run: _Run) -> None:
+        """Run jobs and resume parked ones until every job waits or is done."""
         run.phase = _JOB_PHASE
-        ready, parked, idle = run.ready, run.parked, run.idle
-        if parked:
-            ready.extend(parked)
-            parked.clear()
+        ready, idle = run.ready, run.idle
+        if run.parked:
+            ready.extend(run.parked)
+            run.parked.clear()
         jobs = self._jobs
         limit = self._limit - 1  # keep one worker for fetches
         while True:
             if ready:
-                worker = ready.popleft()
-                state = worker.switch(None)
-            elif jobs and len(run.workers) - len(idle) < limit:
-                worker, state = self._start(run, _JOBS)
+                self._resume(run, ready.popleft(), None)
+            elif jobs and not run.starting and len(run.workers) - len(idle) < limit:
+                self._start(run, _JOBS)
+            elif run.running:
+                self._block(run)
             else:
                 return
-            # _settle, inlined: this loop runs once per job that waits.
-            if state is _PARKED:
-                parked.append(worker)
-            elif state is _IDLE:
-                idle.append(worker)
-                run.progress += 1
-            elif state is _DONE:
-                run.progress += 1
-
-    def _settle(self, run: _Run, worker: Worker, state: Any, parked: List[Worker]) -> None:
-        """Book a worker that switched back to the hub with ``state``."""
-        if state is _PARKED:
-            parked.append(worker)
-        elif state is _IDLE:
-            run.idle.append(worker)
-            run.progress += 1
-        elif state is _DONE:
-            run.progress += 1
+            if run.failure is not None:
+                raise run.failure
 
     def _fetch_phase(self, run: _Run) -> None:
+        """Fetch every pending batch, resuming fetches that wait, until all are done."""
         run.phase = _FETCH_PHASE
         sources = self._pending_sources
         parked, idle = run.parked_fetches, run.idle
         waiting: Deque[Tuple[Source, Batch]] = deque()  # type: ignore[type-arg]
+        resumed_at: Optional[int] = None  # progress when parked fetches were last resumed
         stuck_rounds = 0
         while True:
+            if run.failure is not None:
+                raise run.failure
             if sources and not waiting:
                 source = sources.popleft()
                 waiting.extend((source, batch) for batch in source._take_batches())
-                continue
-            if waiting and (idle or len(run.workers) < self._limit):
+            elif waiting and (idle or len(run.workers) < self._limit):
                 source, batch = waiting.popleft()
-                worker, state = self._start(run, partial(self._fetch, source, batch))
-                self._settle(run, worker, state, parked)
-                continue
-            if not parked:
+                self._start(run, partial(self._fetch, source, batch))
+            elif run.running:
+                self._block(run)
+            elif not parked:
                 if waiting:
                     raise InvariantError("a fetch is waiting for a worker, but none is busy")
                 return
-            mark = run.progress
-            resuming = parked[:]
-            parked.clear()
-            for worker in resuming:
-                self._settle(run, worker, worker.switch(None), parked)
-            if run.progress != mark or sources:
-                stuck_rounds = 0
-                continue
-            stuck_rounds += 1
-            stuck = parked[:]
-            parked.clear()
-            self._break_deadlock(run, stuck, parked, stuck_rounds, [s for s, _ in waiting])
+            elif resumed_at == run.progress and not sources:
+                # Every parked fetch was resumed and none got anywhere.
+                stuck_rounds += 1
+                stuck = parked[:]
+                parked.clear()
+                resumed_at = None
+                self._break_deadlock(run, stuck, stuck_rounds, [s for s, _ in waiting])
+            else:
+                if resumed_at != run.progress:
+                    stuck_rounds = 0
+                resumed_at = run.progress
+                resuming = parked[:]
+                parked.clear()
+                for worker in resuming:
+                    self._resume(run, worker, None)
 
     def _fetch(self, source: Source, batch: Batch) -> None:  # type: ignore[type-arg]
         """A fetch task, run in a worker."""
@@ -589,34 +600,46 @@ class Dataloader:
         finally:
             worker.batch = None
 
-    def _start(self, run: _Run, task: Any) -> Tuple[Worker, Any]:
-        """Give ``task`` to an idle worker or a new one; return it and its state."""
+    def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+        """Call ``source.fetch(keys)`` (AsyncDataloader sends blocking ones to threads)."""
+        return source.fetch(keys)
+
+    def _resume(self, run: _Run, worker: Worker, value: Any) -> None:
+        """Hand a parked worker the value its park returns, and let it run."""
+        run.running += 1
+        self._deliver(worker, value)
+
+    def _start(self, run: _Run, task: Any) -> None:
+        """Give ``task`` to an idle worker, or to a new one, and let it run."""
+        run.running += 1
+        run.starting += 1
         idle = run.idle
         if idle:
-            worker = idle.pop()
-            return worker, worker.switch(task)
+            self._deliver(idle.pop(), task)
+            return
         variables = self.get_fiber_variables()
-        worker = Worker(self._work, run.hub)
+        worker = Worker(self._work, self._worker_parent(run))
         worker.owner = run
         run.workers[worker] = None
         stats = self.stats
         stats.greenlets += 1
         if len(run.workers) > stats.max_alive:
             stats.max_alive = len(run.workers)
-        return worker, worker.switch(run, variables, task)
+        self._deliver(worker, run, variables, task)
 
-    def _work(self, run: _Run, variables: Any, task: Any) -> Optional[str]:
+    def _work(self, run: _Run, variables: Any, task: Any) -> None:
         """The body of every worker greenlet."""
         me: Worker = getcurrent()  # type: ignore[assignment]
         base = None
         try:
+            run.starting -= 1
             self.set_fiber_variables(variables)
             del variables
             base = me.gr_context
             if base is None:  # an override that set no context: start from an empty one
                 base = Context()
-            hub = run.hub
             idle = run.idle
+            concurrent = run.wake is not None
             while task is not _STOP:
                 # Each job and fetch gets its own copy of the worker's context.
                 # Swapping gr_context (rather than Context.run) keeps the job's
@@ -625,22 +648,82 @@ class Dataloader:
                 if task is _JOBS:
                     jobs = self._jobs
                     while jobs:
+                        job = jobs.popleft()
+                        if concurrent and jobs:
+                            self._want_worker(run)  # in case this job blocks in I/O
                         me.gr_context = base.copy()
-                        jobs.popleft()()
+                        job()
+                        del job
                 else:
                     me.gr_context = base.copy()
                     task()
-                if len(idle) >= _KEEP_IDLE:
-                    return _DONE
+                run.progress += 1
                 task = None  # drop the reference while idle
-                task = hub.switch(_IDLE)
-            return None
+                if len(idle) >= _KEEP_IDLE:
+                    return  # end now: ending later costs the same, plus two switches
+                idle.append(me)
+                self._stopped_running(run)
+                task = self._suspend(run)
+                run.starting -= 1
+        except BaseException as error:  # a job's exception: the hub raises it
+            if not run.closing:
+                run.failure = run.failure or error
         finally:
             run.workers.pop(me, None)
+            if not run.closing and task is not _STOP:
+                self._stopped_running(run)
             if base is not None:
                 me.gr_context = base
             if run.cleanup:
                 self.cleanup_fiber()
+
+    # -- the primitives AsyncDataloader replaces --------------------------------
+
+    def _worker_parent(self, run: _Run) -> Any:
+        """The greenlet a worker returns to when it ends."""
+        return run.hub
+
+    def _deliver(self, worker: Worker, *args: Any) -> None:
+        """Switch to ``worker``; returns when it parks, goes idle or ends."""
+        worker.switch(*args)
+
+    def _suspend(self, run: _Run) -> Any:
+        """In a worker: hand control back; returns what ``_deliver`` sends."""
+        return run.hub.switch()
+
+    def _block(self, run: _Run) -> None:
+        """In the hub: wait until a worker calls ``_wake``."""
+        raise InvariantError("the synchronous hub has nothing to wait for")
+
+    def _wake(self, run: _Run) -> None:
+        """Let a blocked hub go on (nothing to do when workers run one at a time)."""
+
+    # -- worker-side bookkeeping ---------------------------------------------------
+
+    def _stopped_running(self, run: _Run) -> None:
+        run.running -= 1
+        if not run.running and run.wake is not None:
+            self._wake(run)
+
+    def _want_worker(self, run: _Run) -> None:
+        """A concurrent worker saw queued jobs behind its own: wake the hub once."""
+        if not run.want_worker:
+            run.want_worker = True
+            self._wake(run)
+
+    def _make_ready(self, run: _Run, worker: Worker) -> None:
+        """Queue a waiting worker to be resumed in this job phase."""
+        run.ready.append(worker)
+        if run.wake is not None:
+            self._wake(run)
+
+    def _split(self, run: _Run, group: _Group) -> None:
+        """Queue a helper for a map() loop that has unstarted items."""
+        if not group.helper_queued and group.next < len(group.items):
+            group.helper_queued = True
+            self._jobs.append(group.work)
+            if run.wake is not None:
+                self._want_worker(run)
 
     # -- parking (runs in a worker) -------------------------------------------
 
@@ -656,19 +739,20 @@ class Dataloader:
             )
         return worker
 
-    def _park(self, run: _Run, state: str) -> None:
-        """Switch to the hub until it resumes this worker."""
+    def _park(self, run: _Run, worker: Worker, parked: Optional[List[Worker]]) -> None:
+        """Book this worker as parked (in ``parked``, if given) and wait for a resume."""
         if run.closing:
             raise GreenletExit
-        groups = getcurrent().groups  # type: ignore[attr-defined]
+        groups = worker.groups
         if groups:
             # map() loops on this stack must not stall while it waits: let
             # another worker carry on with their unstarted items.
             for group in reversed(groups):  # innermost first: the order plain code would take
-                if not group.helper_queued and group.next < len(group.items):
-                    group.helper_queued = True
-                    self._jobs.append(group.work)
-        if run.hub.switch(state) is _DEADLOCK:
+                self._split(run, group)
+        if parked is not None:
+            parked.append(worker)
+        self._stopped_running(run)
+        if self._suspend(run) is _DEADLOCK:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
 
     def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
@@ -687,12 +771,9 @@ class Dataloader:
         if getattr(worker, "owner", None) is not self._run:
             self._check_worker(f"with_({class_name(type(source))}).load", run)  # raises
         worker.waiting = (source, rks)
-        results, errors = source._results, source._errors
         while True:
-            if run.closing or worker.groups:
-                self._park(run, _PARKED)
-            elif run.hub.switch(_PARKED) is _DEADLOCK:  # _park, inlined: the common case
-                raise copy_error(run.deadlock)  # type: ignore[arg-type]
+            self._park(run, worker, run.parked if run.phase is _JOB_PHASE else run.parked_fetches)
+            results, errors = source._results, source._errors
             for key, rk in zip(keys, rks):
                 if rk not in results and rk not in errors:
                     break
@@ -700,7 +781,6 @@ class Dataloader:
                 worker.waiting = None
                 return
             # A key was cleared (clear_cache) after its fetch: ask again.
-            results, errors = source._results, source._errors
             for key, rk in zip(keys, rks):
                 if rk not in results and rk not in errors:
                     source._enqueue(key, rk)
@@ -711,7 +791,6 @@ class Dataloader:
         self,
         run: _Run,
         stuck: List[Worker],
-        parked: List[Worker],
         rounds: int,
         starved: Sequence[Source] = (),  # type: ignore[type-arg]
     ) -> None:
@@ -736,7 +815,7 @@ class Dataloader:
             raise error
         run.deadlock = error
         for worker in stuck:
-            self._settle(run, worker, worker.switch(_DEADLOCK), parked)
+            self._resume(run, worker, _DEADLOCK)
 
     @staticmethod
     def _wait_of(worker: Worker) -> Tuple[Optional[Source], List[Any]]:  # type: ignore[type-arg]
@@ -767,6 +846,7 @@ class Dataloader:
         run.closing = True
         errors: List[BaseException] = []
         idle = set(run.idle)
+        here = getcurrent()
         for _ in range(3):
             if not run.workers:
                 break
@@ -774,6 +854,8 @@ class Dataloader:
                 if worker.dead:
                     run.workers.pop(worker, None)
                     continue
+                self._forget_pending(worker)
+                worker.parent = here  # an ended greenlet returns to its parent: to us
                 try:
                     if worker in idle:
                         worker.switch(_STOP)
@@ -786,10 +868,14 @@ class Dataloader:
         run.parked_fetches.clear()
         run.ready.clear()
         run.deadlock = None
+        run.failure = None
         if run.workers:
             raise InvariantError(f"{len(run.workers)} worker greenlets did not end")
         if errors and not failed:
             raise errors[0]
+
+    def _forget_pending(self, worker: Worker) -> None:
+        """Cancel a delivery not yet made (only concurrent schedulers defer them)."""
 
     # -- run_isolated bookkeeping -----------------------------------------------
 
