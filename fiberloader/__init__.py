@@ -26,6 +26,7 @@ from ._source import Request, RequestAll, Source
 __version__ = "0.1.0"
 
 __all__ = (
+    "AsyncDataloader",
     "ConfigurationError",
     "Dataloader",
     "DataloaderStats",
@@ -45,3 +46,13 @@ __all__ = (
     "dataloader_class",
 )
 
+
+
+def __getattr__(name: str) -> object:
+    # AsyncDataloader needs gevent: import it (and gevent) only when asked for,
+    # so `import fiberloader` stays cheap and works without gevent.
+    if name == "AsyncDataloader":
+        from ._async import AsyncDataloader
+
+        return AsyncDataloader
+    raise AttributeError(f"module 'fiberloader' has no attribute {name!r}")

@@ -442,9 +442,12 @@ class Dataloader:
         if group.remaining:
             worker.waiting = group
             group.waiting = True
-            while group.waiting:
-                self._park(run, worker, None)
-            worker.waiting = None
+            try:
+                while group.waiting:
+                    self._park(run, worker, None)
+            finally:
+                group.waiting = False  # also when a timeout ended the wait: no resume later
+                worker.waiting = None
         return group.outcome()
 
     def yield_(self) -> None:
@@ -752,8 +755,25 @@ class Dataloader:
         if parked is not None:
             parked.append(worker)
         self._stopped_running(run)
-        if self._suspend(run) is _DEADLOCK:
+        try:
+            value = self._suspend(run)
+        except BaseException:
+            # Woken by an exception thrown in (a gevent.Timeout around the
+            # load, a kill) rather than by the hub: running again, so undo
+            # the booking and make sure no resume arrives later.
+            self._unpark(run, worker, parked)
+            raise
+        if value is _DEADLOCK:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
+
+    def _unpark(self, run: _Run, worker: Worker, parked: Optional[List[Worker]]) -> None:
+        if worker.pending is not None:  # a resume was already on its way: it is counted
+            self._forget_pending(worker)
+            return
+        for queue in (parked, run.ready):
+            if queue is not None and worker in queue:
+                queue.remove(worker)
+        run.running += 1
 
     def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
         """Park the calling job until every key of ``rks`` is resolved."""

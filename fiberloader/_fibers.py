@@ -47,6 +47,7 @@ class Worker(greenlet):
     waiting: Any = None  # what it is parked on: (source, keys) or a map group
     batch: Any = None  # (source, batch) while it runs a fetch
     groups: Any = None  # the map() loops running on its stack, outermost first
+    pending: Any = None  # a concurrent scheduler's delivery not yet made (a loop callback)
 
 
 def copy_error(error: BaseException) -> BaseException:

@@ -367,7 +367,7 @@ class Source(Generic[K, V]):
         keys = [key for _, key in batch]
         try:
             try:
-                result = self.fetch(keys)
+                result = self.dataloader._call_fetch(self, keys)  # type: ignore[union-attr]
             except Exception as error:
                 self._fail(rks, error)
             else:

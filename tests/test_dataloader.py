@@ -326,7 +326,11 @@ def test_nested_map(scheduler: Type[Dataloader]) -> None:
     dataloader.append_job(lambda: box.append(view(dataloader)))
     dataloader.run()
     assert box == [[["r:(0, 0)", "r:(0, 1)"], ["r:(1, 0)", "r:(1, 1)"]]]
-    assert dataloader.with_(Recorder).calls == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
+    calls = dataloader.with_(Recorder).calls
+    if scheduler is Dataloader:  # depth first, the order plain code would take
+        assert calls == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
+    else:  # AsyncDataloader leaves the order of keys within a batch free
+        assert [sorted(call) for call in calls] == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
 
 
 def test_map_waits_for_every_item_then_raises_the_first_failure(any_scheduler: Type[Dataloader]) -> None:

@@ -1,0 +1,97 @@
+"""AsyncDataloader: the same scheduler, with jobs and fetches as gevent greenlets.
+
+Everything but four primitives is :class:`~fiberloader.Dataloader`'s: the
+same Source bookkeeping, the same job and fetch phases, the same deadlock
+detection.  What differs:
+
+* workers are greenlets whose parent is gevent's hub, and they are handed
+  work through the hub's loop (``run_callback``) instead of a direct
+  switch, so any number of them can be runnable at once;
+* a worker parks by switching to gevent's hub, so a job or fetch blocked in
+  cooperative I/O (a patched socket, ``gevent.sleep``, a gevent-aware
+  driver) lets every other worker run;
+* the hub -- the greenlet that called ``run()`` -- *blocks* on an event
+  until no worker is running (the phase is over: every job waits on a key
+  or is done, every fetch is done), or until a worker asks for a helper.
+
+A woken worker counts as running from the moment it is handed work, not
+from its first slice (graphql-ruby #5671/#5675), so a phase cannot end
+while a resumed worker has yet to run.
+
+Phases stay as in graphql-ruby's AsyncDataloader, "one layer at a time": no
+fetch starts until every runnable job waits or is done, so batches are as
+large as under ``Dataloader``; then the fetches of every pending source run
+concurrently, and the parked jobs resume once they have all finished.
+
+A job that blocks in I/O while others wait: a worker that takes a job while
+more are queued asks the hub (once) for a helper, which the hub starts only
+if the first worker blocks -- so jobs that never block still run in one
+greenlet, and jobs that do overlap.  Sources with ``blocking = True`` have
+their ``fetch`` run in gevent's thread pool.
+"""
+
+from __future__ import annotations
+
+from contextvars import copy_context
+from typing import Any, List
+
+from gevent import get_hub
+from gevent.event import Event
+from greenlet import getcurrent
+
+from ._dataloader import Dataloader, _Run
+from ._fibers import Worker
+from ._source import Source
+
+__all__ = ["AsyncDataloader"]
+
+
+class AsyncDataloader(Dataloader):
+    """The gevent scheduler: fetches of different sources (and I/O in jobs) overlap.
+
+    Same API and results as :class:`Dataloader`, same batches.  I/O is
+    concurrent when it is gevent-cooperative: the standard library after
+    ``gevent.monkey.patch_all()``, or a driver that supports gevent
+    (psycopg 3 with patched sockets).  Mark a source ``blocking = True`` when
+    its driver blocks in C (sqlite3, most others): its ``fetch`` then runs in
+    gevent's thread pool (ten threads by default) and still overlaps.
+    """
+
+    setting_name = "async"
+
+    def _new_run(self) -> _Run:
+        cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber
+        return _Run(getcurrent(), cleanup, wake=Event())
+
+    def _worker_parent(self, run: _Run) -> Any:
+        return get_hub()
+
+    def _deliver(self, worker: Worker, *args: Any) -> None:
+        worker.pending = get_hub().loop.run_callback(self._delivered, worker, args)
+
+    @staticmethod
+    def _delivered(worker: Worker, args: Any) -> None:
+        worker.pending = None
+        worker.switch(*args)
+
+    def _forget_pending(self, worker: Worker) -> None:
+        if worker.pending is not None:
+            worker.pending.stop()
+            worker.pending = None
+
+    def _suspend(self, run: _Run) -> Any:
+        return get_hub().switch()
+
+    def _block(self, run: _Run) -> None:
+        run.wake.wait()
+        run.wake.clear()
+        run.want_worker = False
+
+    def _wake(self, run: _Run) -> None:
+        run.wake.set()
+
+    def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+        if source.blocking:
+            context = copy_context()  # a thread starts with an empty one
+            return get_hub().threadpool.apply(context.run, (source.fetch, keys))
+        return source.fetch(keys)
