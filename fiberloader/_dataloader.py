@@ -671,6 +671,8 @@ class Dataloader:
         except BaseException as error:  # a job's exception: the hub raises it
             if not run.closing:
                 run.failure = run.failure or error
+                if run.wake is not None:
+                    self._wake(run)  # now, not when the siblings in I/O are done
         finally:
             run.workers.pop(me, None)
             if not run.closing and task is not _STOP:
@@ -696,7 +698,15 @@ class Dataloader:
 
     def _block(self, run: _Run) -> None:
         """In the hub: wait until a worker calls ``_wake``."""
-        raise InvariantError("the synchronous hub has nothing to wait for")
+        # Workers run one at a time here, so the hub only gets control back
+        # with one still running if something else switched greenlets: a
+        # gevent.Timeout or kill that resumed a parked job behind our back.
+        raise FiberloaderError(
+            f"{type(self).__name__} got control back while a job or fetch was still running: "
+            "a parked job was resumed from outside the scheduler (a gevent.Timeout or a kill "
+            "around a load?). Dataloader runs gevent I/O as blocking; to time out or cancel "
+            "loads under gevent, use AsyncDataloader."
+        )
 
     def _wake(self, run: _Run) -> None:
         """Let a blocked hub go on (nothing to do when workers run one at a time)."""
