@@ -33,11 +33,10 @@ their ``fetch`` run in gevent's thread pool.
 from __future__ import annotations
 
 from contextvars import copy_context
-from typing import Any, List
+from typing import Any, List, Optional
 
 from gevent import get_hub
 from gevent.event import Event
-from greenlet import getcurrent
 
 from ._dataloader import Dataloader, _Run
 from ._fibers import Worker
@@ -59,9 +58,24 @@ class AsyncDataloader(Dataloader):
 
     setting_name = "async"
 
-    def _new_run(self) -> _Run:
-        cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber
-        return _Run(getcurrent(), cleanup, wake=Event())
+    def __init__(self, *, fiber_limit: Optional[int] = None, eager_resume: Optional[bool] = None) -> None:
+        """
+        Args:
+            fiber_limit: as for :class:`Dataloader`.
+            eager_resume: resume each job as soon as *its own* keys are
+                fetched, instead of when every fetch of the round is done
+                (the default, graphql-ruby's "one layer at a time").  Saves
+                wall time when sources have very different latencies, at the
+                price of smaller batches when jobs that resumed early load
+                from a source that jobs still waiting will load from too.
+                Default: the class attribute ``eager_resume`` (``False``).
+        """
+        super().__init__(fiber_limit=fiber_limit)
+        if eager_resume is not None:
+            self.eager_resume = eager_resume
+
+    def _new_wake(self) -> Any:
+        return Event()
 
     def _worker_parent(self, run: _Run) -> Any:
         return get_hub()

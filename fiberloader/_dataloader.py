@@ -105,8 +105,6 @@ _JOBS = "jobs"  # take jobs from the queue
 _STOP = "stop"  # end (an idle worker, at the end of the run)
 _DEADLOCK = "deadlock"  # your wait can never end: raise
 
-_JOB_PHASE = "job"
-_FETCH_PHASE = "fetch"
 
 _MAX_DEADLOCK_ROUNDS = 3  # stuck code that swallows DeadlockError aborts run()
 # Idle workers kept for reuse within a run.  A worker that finishes when this
@@ -142,8 +140,9 @@ class _Run:
     """
 
     __slots__ = (
+        "dataloader",
         "hub",
-        "phase",
+        "jobs",
         "workers",
         "idle",
         "parked",
@@ -160,9 +159,12 @@ class _Run:
         "wake",
     )
 
-    def __init__(self, hub: Any, cleanup: bool, wake: Any = None) -> None:
+    def __init__(
+        self, dataloader: "Dataloader", hub: Any, jobs: "Deque[Callable[[], Any]]", cleanup: bool, wake: Any
+    ) -> None:
+        self.dataloader = dataloader
         self.hub = hub  # the greenlet running the loop
-        self.phase = _JOB_PHASE
+        self.jobs = jobs  # this run's queue (a run_isolated has its own)
         self.workers: Dict[Worker, None] = {}  # alive, in start order
         self.idle: List[Worker] = []
         self.parked: List[Worker] = []  # jobs waiting on keys or yield_()
@@ -276,6 +278,9 @@ class Dataloader:
 
     #: What ``dataloader_class()`` and the integrations call this scheduler.
     setting_name = "sync"
+    #: Resume a job as soon as its own keys are fetched, not when the whole
+    #: round is (only AsyncDataloader's fetches overlap, so only it offers it).
+    eager_resume = False
 
     def __init__(self, *, fiber_limit: Optional[int] = None) -> None:
         self.fiber_limit = _check_fiber_limit(fiber_limit)
@@ -353,7 +358,8 @@ class Dataloader:
             raise FiberloaderTypeError(
                 f"dataloader.append_job() takes a zero-argument callable, but got {short_repr(job)}."
             )
-        self._jobs.append(job)
+        _, run = self._caller()
+        (self._jobs if run is None else run.jobs).append(job)
 
     @classmethod
     def with_dataloading(cls: Type[D], fn: Callable[[D], T], **options: Any) -> T:
@@ -387,7 +393,7 @@ class Dataloader:
             )
         context = copy_context()
         context.run(CURRENT.set, self)
-        run = self._run = self._new_run()
+        run = self._run = self._new_run(self._jobs)
         try:
             context.run(self._complete, run)
         finally:
@@ -401,23 +407,23 @@ class Dataloader:
         are kept for later (cached results are shared).  At top level it is a
         plain run of ``fn``; jobs queued earlier stay queued.
         """
-        outer = self._run
-        if outer is not None:
-            self._check_worker("run_isolated", outer)
-        saved = self._isolate()
         box: List[T] = []
-        self._jobs.append(lambda: box.append(fn()))
-        try:
-            if outer is None:
+        jobs: Deque[Callable[[], Any]] = deque([lambda: box.append(fn())])
+        if self._run is None:  # top level: a plain run of fn alone
+            saved_jobs, self._jobs = self._jobs, jobs
+            saved = self._isolate()
+            try:
                 self.run()
-            else:
-                inner = self._run = self._new_run()
-                try:
-                    self._complete(inner)
-                finally:
-                    self._run = outer
-        finally:
-            self._restore(saved)
+            finally:
+                self._jobs = saved_jobs
+                self._restore(saved)
+        else:
+            self._check_worker("run_isolated")  # the calling job is the hub of the nested run
+            saved = self._isolate()
+            try:
+                self._complete(self._new_run(jobs))
+            finally:
+                self._restore(saved)
         return box[0]
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
@@ -429,13 +435,12 @@ class Dataloader:
         runs the items as a plain run; inside a fetch, as ``run_isolated``.
         """
         items = list(iterable)
-        run = self._run
-        if run is None:
+        if self._run is None:
             return self.run_isolated(lambda: self.map(fn, items))
-        worker = self._check_worker("map", run)
+        worker, run = self._check_worker("map")
         if not items:
             return []
-        if run.phase is _FETCH_PHASE:
+        if worker.batch is not None:  # in a fetch: jobs would run only after it
             return self.run_isolated(lambda: self.map(fn, items))
         group = _Group(self, fn, items, worker, run)
         group.work()
@@ -457,15 +462,9 @@ class Dataloader:
         resumes (manual parallelism).  In a job: it resumes in the next job
         phase, after pending batches are fetched.
         """
-        run = self._run
-        if run is None:
-            raise NotRunningError(
-                "dataloader.yield_() was called outside a running dataloader; call it from a "
-                "job or a fetch."
-            )
-        worker = self._check_worker("yield_", run)
+        worker, run = self._check_worker("yield_")
         worker.waiting = None
-        self._park(run, worker, run.parked if run.phase is _JOB_PHASE else run.parked_fetches)
+        self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
         run.progress += 1
 
     # -- lifecycle hooks ------------------------------------------------------
@@ -498,8 +497,10 @@ class Dataloader:
 
     # -- the scheduler (runs in the hub) ----------------------------------------
 
-    def _new_run(self) -> _Run:
-        return _Run(getcurrent(), type(self).cleanup_fiber is not Dataloader.cleanup_fiber)
+    def _new_run(self, jobs: "Deque[Callable[[], Any]]") -> _Run:
+        """A run whose hub is the calling greenlet."""
+        cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber
+        return _Run(self, getcurrent(), jobs, cleanup, self._new_wake())
 
     def _complete(self, run: _Run) -> None:
         """Drive ``run`` to its end, then end its workers (also on failure)."""
@@ -519,7 +520,7 @@ class Dataloader:
             pending = bool(self._pending_sources)
             if pending:
                 self._fetch_phase(run)
-            if len(run.workers) == len(run.idle) and not self._jobs:
+            if len(run.workers) == len(run.idle) and not run.jobs:
                 if not self._pending_sources:
                     return
                 continue
@@ -533,12 +534,11 @@ class Dataloader:
 
     def _job_phase(self, run: _Run) -> None:
         """Run jobs and resume parked ones until every job waits or is done."""
-        run.phase = _JOB_PHASE
         ready, idle = run.ready, run.idle
         if run.parked:
             ready.extend(run.parked)
             run.parked.clear()
-        jobs = self._jobs
+        jobs = run.jobs
         limit = self._limit - 1  # keep one worker for fetches
         while True:
             if ready:
@@ -554,7 +554,6 @@ class Dataloader:
 
     def _fetch_phase(self, run: _Run) -> None:
         """Fetch every pending batch, resuming fetches that wait, until all are done."""
-        run.phase = _FETCH_PHASE
         sources = self._pending_sources
         parked, idle = run.parked_fetches, run.idle
         waiting: Deque[Tuple[Source, Batch]] = deque()  # type: ignore[type-arg]
@@ -569,6 +568,8 @@ class Dataloader:
             elif waiting and (idle or len(run.workers) < self._limit):
                 source, batch = waiting.popleft()
                 self._start(run, partial(self._fetch, source, batch))
+            elif self.eager_resume and self._resume_eagerly(run):
+                pass
             elif run.running:
                 self._block(run)
             elif not parked:
@@ -591,6 +592,29 @@ class Dataloader:
                 for worker in resuming:
                     self._resume(run, worker, None)
 
+    def _resume_eagerly(self, run: _Run) -> bool:
+        """``eager_resume``: during the fetch phase, go on with what can go on now.
+
+        Resumes jobs whose keys have all arrived (and map() callers whose
+        items are done) and starts queued jobs, without waiting for the
+        other fetches of the round.  Returns whether it did anything.
+        """
+        if run.ready:
+            self._resume(run, run.ready.popleft(), None)
+            return True
+        for worker in run.parked:
+            waiting = worker.waiting
+            if isinstance(waiting, tuple) and not any(
+                not waiting[0]._resolved(rk) for rk in waiting[1]
+            ):
+                run.parked.remove(worker)
+                self._resume(run, worker, None)
+                return True
+        if run.jobs and not run.starting and len(run.workers) - len(run.idle) < self._limit - 1:
+            self._start(run, _JOBS)
+            return True
+        return False
+
     def _fetch(self, source: Source, batch: Batch) -> None:  # type: ignore[type-arg]
         """A fetch task, run in a worker."""
         worker: Worker = getcurrent()  # type: ignore[assignment]
@@ -602,6 +626,8 @@ class Dataloader:
             source._run_batch(batch)
         finally:
             worker.batch = None
+            if self.eager_resume:
+                self._wake(worker.owner)  # some job may go on now
 
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         """Call ``source.fetch(keys)`` (AsyncDataloader sends blocking ones to threads)."""
@@ -649,7 +675,7 @@ class Dataloader:
                 # frames in this eval loop: fewer C frames for greenlet to copy
                 # on every switch.
                 if task is _JOBS:
-                    jobs = self._jobs
+                    jobs = run.jobs
                     while jobs:
                         job = jobs.popleft()
                         if concurrent and jobs:
@@ -683,6 +709,10 @@ class Dataloader:
                 self.cleanup_fiber()
 
     # -- the primitives AsyncDataloader replaces --------------------------------
+
+    def _new_wake(self) -> Any:
+        """What the hub of a concurrent scheduler blocks on (``None``: it never blocks)."""
+        return None
 
     def _worker_parent(self, run: _Run) -> Any:
         """The greenlet a worker returns to when it ends."""
@@ -734,23 +764,50 @@ class Dataloader:
         """Queue a helper for a map() loop that has unstarted items."""
         if not group.helper_queued and group.next < len(group.items):
             group.helper_queued = True
-            self._jobs.append(group.work)
+            group.run.jobs.append(group.work)
             if run.wake is not None:
                 self._want_worker(run)
 
     # -- parking (runs in a worker) -------------------------------------------
 
-    def _check_worker(self, what: str, run: _Run) -> Worker:
-        worker: Worker = getcurrent()  # type: ignore[assignment]
-        if getattr(worker, "owner", None) is not run:
-            raise NotRunningError(
-                f"dataloader.{what}() was called from a greenlet that is not one of this "
-                f"dataloader's jobs ({type(self).__name__} is running, but this code runs "
-                "outside it: in another dataloader's job, or in a thread or greenlet of your "
-                "own). Call it from the job itself, or use that code's own dataloader "
-                "(fiberloader.current_dataloader())."
+    def _caller(self) -> Tuple[Optional[Worker], Optional[_Run]]:
+        """The calling worker and its run, if the caller is one of our workers.
+
+        Each worker knows its own run: under AsyncDataloader a job's
+        run_isolated may be going on while its siblings of the outer run
+        run too.
+        """
+        worker = getcurrent()
+        run = getattr(worker, "owner", None)
+        if run is not None and run.dataloader is self:
+            return worker, run  # type: ignore[return-value]
+        return None, None
+
+    def _check_worker(self, what: str) -> Tuple[Worker, _Run]:
+        """The calling worker and its run; raise if the caller is not one."""
+        worker, run = self._caller()
+        if worker is None or run is None:
+            raise self._not_a_job(f"dataloader.{what}()")
+        return worker, run
+
+    def _not_a_job(self, what: str, source: Any = None, key: Any = None) -> NotRunningError:
+        if self._run is None:
+            return NotRunningError(
+                f"{what} needs a running dataloader, but {type(self).__name__} is not running. "
+                f"Call it from inside a job: {type(self).__name__}.with_dataloading(fn), or "
+                "dataloader.append_job(fn) then dataloader.run(); in a web app, install "
+                "fiberloader's middleware.",
+                source=source,
+                key=key,
             )
-        return worker
+        return NotRunningError(
+            f"{what} was called from a greenlet that is not one of this dataloader's jobs "
+            f"({type(self).__name__} is running, but this code runs outside it: in another "
+            "dataloader's job, or in a thread or greenlet of your own). Call it from the job "
+            "itself, or use that code's own dataloader (fiberloader.current_dataloader()).",
+            source=source,
+            key=key,
+        )
 
     def _park(self, run: _Run, worker: Worker, parked: Optional[List[Worker]]) -> None:
         """Book this worker as parked (in ``parked``, if given) and wait for a resume."""
@@ -765,6 +822,8 @@ class Dataloader:
         if parked is not None:
             parked.append(worker)
         self._stopped_running(run)
+        if self.eager_resume and run.wake is not None:
+            self._wake(run)  # it may have queued keys that can be fetched now
         try:
             value = self._suspend(run)
         except BaseException:
@@ -787,22 +846,13 @@ class Dataloader:
 
     def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
         """Park the calling job until every key of ``rks`` is resolved."""
-        run: Optional[_Run] = self._run
-        if run is None:
-            raise NotRunningError(
-                f"{source!r} key {short_repr(keys[0])} is not cached and needs a fetch, but "
-                f"{type(self).__name__} is not running. Load from inside a job: "
-                f"{type(self).__name__}.with_dataloading(fn), or dataloader.append_job(fn) then "
-                "dataloader.run(); in a web app, install fiberloader's middleware.",
-                source=source,
-                key=keys[0],
-            )
         worker: Worker = getcurrent()  # type: ignore[assignment]
-        if getattr(worker, "owner", None) is not self._run:
-            self._check_worker(f"with_({class_name(type(source))}).load", run)  # raises
+        run: Optional[_Run] = getattr(worker, "owner", None)
+        if run is None or run.dataloader is not self:
+            raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
         worker.waiting = (source, rks)
         while True:
-            self._park(run, worker, run.parked if run.phase is _JOB_PHASE else run.parked_fetches)
+            self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
             results, errors = source._results, source._errors
             for key, rk in zip(keys, rks):
                 if rk not in results and rk not in errors:
@@ -909,10 +959,8 @@ class Dataloader:
 
     # -- run_isolated bookkeeping -----------------------------------------------
 
-    def _isolate(self) -> Tuple[Deque[Callable[[], Any]], List[Tuple[Source, Dict[Hashable, Any]]]]:  # type: ignore[type-arg]
-        """Set the job queue and every pending batch aside; return them."""
-        jobs = self._jobs
-        self._jobs = deque()
+    def _isolate(self) -> List[Tuple[Source, Dict[Hashable, Any]]]:  # type: ignore[type-arg]
+        """Set every pending batch aside (for run_isolated); return them."""
         sources = self._pending_sources
         self._pending_sources = deque()
         pending = []
@@ -920,12 +968,10 @@ class Dataloader:
             pending.append((source, source._pending))
             source._pending = {}
             source._queued = False
-        return jobs, pending
+        return pending
 
-    def _restore(self, saved: Tuple[Deque[Callable[[], Any]], List[Tuple[Source, Dict[Hashable, Any]]]]) -> None:  # type: ignore[type-arg]
+    def _restore(self, pending: List[Tuple[Source, Dict[Hashable, Any]]]) -> None:  # type: ignore[type-arg]
         """Put back what ``_isolate`` set aside, minus keys resolved since."""
-        jobs, pending = saved
-        self._jobs = jobs
         leftover = self._pending_sources  # only after a failure: keys never fetched
         self._pending_sources = deque()
         for source in leftover:

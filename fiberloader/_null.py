@@ -14,7 +14,7 @@ from typing import Any, Callable, Hashable, Iterable, List, Optional, Sequence, 
 
 
 from ._dataloader import Dataloader
-from ._errors import DeadlockError, FiberloaderError, NotRunningError, short_repr
+from ._errors import DeadlockError, FiberloaderError, short_repr
 from ._fibers import CURRENT
 from ._source import Source
 
@@ -42,7 +42,7 @@ class NullDataloader(Dataloader):
             )
         context = copy_context()
         context.run(CURRENT.set, self)
-        self._run = self._new_run()
+        self._run = self._new_run(self._jobs)
         try:
             jobs = self._jobs
             while jobs:
@@ -72,14 +72,11 @@ class NullDataloader(Dataloader):
 
     def yield_(self) -> None:
         if self._run is None:
-            raise NotRunningError(
-                "dataloader.yield_() was called outside a running dataloader; call it from a "
-                "job or a fetch."
-            )
+            raise self._not_a_job("dataloader.yield_()")
 
     def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
         if self._run is None:
-            super()._wait(source, keys, rks)  # raises NotRunningError
+            raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
         for key, rk in zip(keys, rks):
             if source._resolved(rk):
                 continue

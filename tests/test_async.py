@@ -428,3 +428,102 @@ MONKEY_PATCHED = textwrap.dedent(
 def test_works_under_monkey_patch_all_with_stdlib_sockets() -> None:
     result = subprocess.run([sys.executable, "-c", MONKEY_PATCHED], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_run_isolated_while_siblings_run_concurrently() -> None:
+    # Under AsyncDataloader a job's run_isolated overlaps siblings of the
+    # outer run that are still in I/O: each must keep working in its own run.
+    log: List[Any] = []
+    dataloader = AsyncDataloader()
+
+    def isolating() -> None:
+        inner = dataloader.run_isolated(
+            lambda: dataloader.map(lambda key: (gevent.sleep(2 * T), dataloader.with_(Recorder).load(key))[1], [1, 2])
+        )
+        log.append(("isolated", inner))
+
+    def sibling() -> None:
+        gevent.sleep(T)  # still running when the isolated run starts
+        dataloader.append_job(lambda: log.append(("appended", dataloader.with_(Recorder).load(4))))
+        log.append(("sibling", dataloader.with_(Recorder).load(3)))
+
+    dataloader.append_job(isolating)
+    dataloader.append_job(sibling)
+    dataloader.run()
+    assert sorted(log, key=repr) == [("appended", "r:4"), ("isolated", ["r:1", "r:2"]), ("sibling", "r:3")]
+
+
+def branches_workload(dl: Dataloader, log: List[Tuple[str, int]]) -> Any:
+    """graphql-ruby's "runs dataloaders in parallel across branches": A -> B -> C beside D."""
+
+    class Latency(Source):
+        def __init__(self, name: str, seconds: float) -> None:
+            self.name, self.seconds = name, seconds
+
+        def fetch(self, keys: List[Any]) -> List[Any]:
+            log.append((self.name, len(keys)))
+            gevent.sleep(self.seconds)
+            return [f"{self.name}{key}" for key in keys]
+
+    def chain(key: int) -> Any:
+        a = dl.with_(Latency, "A", T).load(key)
+        b = dl.with_(Latency, "B", T).load(a)
+        return dl.with_(Latency, "C", T).load(b)
+
+    def slow(key: int) -> Any:
+        return dl.with_(Latency, "D", 3 * T).load(key)
+
+    return dl.map(lambda job: job[0](job[1]), [(chain, k) for k in range(3)] + [(slow, k) for k in range(3)])
+
+
+def test_layers_wait_for_the_slowest_fetch_by_default() -> None:
+    log: List[Tuple[str, int]] = []
+    started = time.perf_counter()
+    result = AsyncDataloader.with_dataloading(lambda dl: branches_workload(dl, log))
+    elapsed = time.perf_counter() - started
+    assert result[0] == "CBA0" and result[-1] == "D2"
+    assert sorted(log) == [("A", 3), ("B", 3), ("C", 3), ("D", 3)]
+    assert elapsed > 4.5 * T  # D (3 T) holds up B and C: about 5 T
+
+
+def test_eager_resume_lets_fast_branches_go_on_with_the_same_batches() -> None:
+    log: List[Tuple[str, int]] = []
+    started = time.perf_counter()
+    result = AsyncDataloader.with_dataloading(lambda dl: branches_workload(dl, log), eager_resume=True)
+    elapsed = time.perf_counter() - started
+    assert result[0] == "CBA0" and result[-1] == "D2"
+    assert sorted(log) == [("A", 3), ("B", 3), ("C", 3), ("D", 3)]  # same batches
+    assert elapsed < 4 * T  # A, B, C ran while D did: about 3 T
+
+
+def test_eager_resume_splits_a_batch_when_fast_and_slow_jobs_share_a_next_source() -> None:
+    # The price of eager_resume: jobs that resume early fetch from the next
+    # source without the jobs still waiting, so that source is fetched twice.
+    log: List[Tuple[str, int]] = []
+
+    class Latency(Source):
+        def __init__(self, name: str, seconds: float) -> None:
+            self.name, self.seconds = name, seconds
+
+        def fetch(self, keys: List[Any]) -> List[Any]:
+            log.append((self.name, len(keys)))
+            gevent.sleep(self.seconds)
+            return keys
+
+    def view(dl: Dataloader) -> Any:
+        def item(job: Tuple[str, float, int]) -> Any:
+            first = dl.with_(Latency, job[0], job[1]).load(job[2])
+            return dl.with_(Latency, "shared", T / 10).load(first)
+
+        return dl.map(item, [("fast", T / 10, k) for k in range(3)] + [("slow", T, k + 10) for k in range(3)])
+
+    for eager, shared_fetches in ((False, [("shared", 6)]), (True, [("shared", 3), ("shared", 3)])):
+        log.clear()
+        result = AsyncDataloader.with_dataloading(view, eager_resume=eager)
+        assert result == [0, 1, 2, 10, 11, 12]
+        assert [entry for entry in log if entry[0] == "shared"] == shared_fetches
+
+
+def test_import_fiberloader_does_not_import_gevent() -> None:
+    code = "import sys, fiberloader; assert 'gevent' not in sys.modules; fiberloader.AsyncDataloader; assert 'gevent' in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

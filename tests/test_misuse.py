@@ -97,14 +97,14 @@ def test_load_outside_a_running_dataloader_says_how_to_start_one(any_scheduler: 
     assert isinstance(info.value, RuntimeError)
     assert (info.value.source, info.value.key) == (source, 42)
     message = str(info.value)
-    assert "Users() key 42 is not cached and needs a fetch" in message
+    assert "The load of Users() key 42 (not cached) needs a running dataloader" in message
     assert "with_dataloading(fn)" in message and "append_job(fn)" in message
 
 
 def test_load_all_outside_a_running_dataloader_names_the_first_missing_key(any_scheduler: Type[Dataloader]) -> None:
     source = any_scheduler().with_(Users)
     source.merge({1: "one"})
-    with pytest.raises(NotRunningError, match=r"Users\(\) key 2 is not cached"):
+    with pytest.raises(NotRunningError, match=r"The load of Users\(\) key 2 \(not cached\) needs a running"):
         source.load_all([1, 2])
 
 
@@ -126,7 +126,7 @@ def test_load_from_a_greenlet_that_is_not_a_job_is_refused(scheduler: Type[Datal
         return str(info.value)
 
     message = scheduler.with_dataloading(job)
-    assert "with_(Users).load() was called from a greenlet that is not one of this dataloader's jobs" in message
+    assert "The load of Users() key 5 (not cached) was called from a greenlet that is not one of this dataloader's jobs" in message
     assert "current_dataloader()" in message
 
 
@@ -149,7 +149,7 @@ def test_load_from_another_thread_is_refused(scheduler: Type[Dataloader]) -> Non
 
 
 def test_yield_outside_a_run_is_refused(any_scheduler: Type[Dataloader]) -> None:
-    with pytest.raises(NotRunningError, match="yield_\\(\\) was called outside a running dataloader"):
+    with pytest.raises(NotRunningError, match="yield_\\(\\) needs a running dataloader"):
         any_scheduler().yield_()
 
 

@@ -147,3 +147,69 @@ def test_connection_recipe_releases_connections_when_a_job_fails(scheduler: Type
     with pytest.raises(RuntimeError):
         dataloader.run()
     assert pool.checked_out == {}
+
+
+def test_one_connection_per_greenlet_is_closed_by_cleanup_fiber(scheduler: Type[Dataloader], tmp_path: Any) -> None:
+    # The seed's other half: each greenlet opens its own connection on first
+    # use and closes it in cleanup_fiber -- after run() none is left open,
+    # also when a job failed, and under AsyncDataloader with jobs in I/O.
+    import gevent
+
+    path = str(tmp_path / "app.db")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"v{i}") for i in range(20)])
+    opened: List[sqlite3.Connection] = []
+
+    class State:
+        connection: Optional[sqlite3.Connection] = None
+
+    state: "contextvars.ContextVar[State]" = contextvars.ContextVar("state")
+
+    def db() -> sqlite3.Connection:
+        holder = state.get()
+        if holder.connection is None:
+            holder.connection = sqlite3.connect(path)
+            opened.append(holder.connection)
+        return holder.connection
+
+    class ConnectionPerGreenlet(scheduler):  # type: ignore[valid-type, misc]
+        def set_fiber_variables(self, variables: Any) -> None:
+            super().set_fiber_variables(variables)
+            state.set(State())
+
+        def cleanup_fiber(self) -> None:
+            connection = state.get().connection
+            if connection is not None:
+                connection.close()
+
+    class Values(Source):
+        def fetch(self, ids: List[int]) -> List[Any]:
+            marks = ", ".join("?" * len(ids))
+            rows = dict(db().execute(f"SELECT id, v FROM t WHERE id IN ({marks})", ids))
+            return [rows.get(i) for i in ids]
+
+    def item(dl: Dataloader, key: int) -> Any:
+        db().execute("SELECT 1")  # the job uses a connection of its own too
+        gevent.sleep(0.001)
+        if key == 13:
+            raise ValueError("job 13 failed")
+        return dl.with_(Values).load(key)
+
+    def closed(connection: sqlite3.Connection) -> bool:
+        try:
+            connection.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+
+    dl = ConnectionPerGreenlet()
+    box: List[Any] = []
+    dl.append_job(lambda: box.append(dl.map(lambda key: item(dl, key), range(10))))
+    dl.run()
+    assert box == [[f"v{i}" for i in range(10)]]
+    assert opened and all(closed(c) for c in opened)
+    opened.clear()
+    with pytest.raises(ValueError, match="job 13 failed"):
+        dl.map(lambda key: item(dl, key), range(10, 20))
+    assert opened and all(closed(c) for c in opened)
