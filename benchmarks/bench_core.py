@@ -70,21 +70,18 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
-import platform
 import pstats
 import statistics
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, List, Optional, Sequence
 
 import aiodataloader
 from graphql_sync_dataloaders import SyncDataLoader
 from greenlet import getcurrent, greenlet
 
-import fiberloader
+import _report
 from fiberloader import Dataloader, DataloaderStats, NullDataloader, Source
 
 # -- the data -------------------------------------------------------------------
@@ -489,49 +486,12 @@ def measure(scenario: Scenario, variant: Variant, keys: List[int], repeat: int) 
 # -- output -----------------------------------------------------------------------------
 
 
-def version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        if distribution == "fiberloader":
-            return f"{fiberloader.__version__} (from {os.path.dirname(fiberloader.__file__)})"
-        return "not installed"
-
-
-def processor() -> str:
-    name = platform.processor()
-    if name and name != platform.machine():
-        return name
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return name or platform.machine()
-
-
 def print_machine_info(n: int, repeat: int) -> None:
-    print(f"python                    {sys.version.split()[0]} ({platform.python_implementation()})")
-    for distribution in ("fiberloader", "greenlet", "gevent", "graphql-sync-dataloaders", "aiodataloader"):
-        print(f"{distribution:<25} {version(distribution)}")
-    print(f"processor                 {processor()}, os.cpu_count()={os.cpu_count()}")
-    print(f"platform                  {platform.platform()}")
+    _report.print_machine_info(
+        ("fiberloader", "greenlet", "gevent", "graphql-sync-dataloaders", "aiodataloader")
+    )
     print(f"N={n}, repeat={repeat} (median), gsd = graphql-sync-dataloaders")
     print()
-
-
-def rst_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """A reStructuredText simple table."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
-    rule = "  ".join("=" * width for width in widths)
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right))
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([rule, line(header), rule, *(line(row) for row in rows), rule])
 
 
 def print_table(rows: List[Row]) -> None:
@@ -549,7 +509,7 @@ def print_table(rows: List[Row]) -> None:
                 f"{row.gc_on / baselines[row.scenario]:.2f}x",
             ]
         )
-    print(rst_table(header, cells, right=[False, False, True, True, True]))
+    print(_report.rst_table(header, cells, right=[False, False, True, True, True]))
     print("* = the graphql-sync-dataloaders row each scenario's ratios divide by")
     print()
     print("fiberloader stats (last checked run):")

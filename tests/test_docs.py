@@ -65,10 +65,15 @@ def test_sqlite_demo_collapses_n_plus_one_into_a_few_statements(capsys: Any, pos
     assert counts["fiberloader, Dataloader"] in (3, 4)
 
 
-def test_bench_core_smoke_run() -> None:
+@pytest.mark.parametrize("script, expected", [
+    ("bench_core.py", ["(c) N jobs", "fiberloader map(load, keys)"]),
+    ("bench_async.py", ["AsyncDataloader", "aiodataloader", "http", "sleep"]),
+])
+def test_benchmark_smoke_run(script: str, expected: List[str]) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert result.returncode == 0, result.stderr
-    assert "(c) N jobs" in result.stdout and "fiberloader map(load, keys)" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    for text in expected:
+        assert text in result.stdout
