@@ -469,28 +469,32 @@ def test_context_var_set_in_one_job_is_not_seen_by_others(any_scheduler: Type[Da
     assert VAR.get() == "unset"
 
 
-class Hooked(Dataloader):
-    """Records every lifecycle hook call, with the greenlet it ran in."""
+class HookRecorder:
+    """A mixin that records every lifecycle hook call, with the greenlet it ran in."""
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+        super().__init__(**options)  # type: ignore[call-arg]
         self.events: List[Any] = []
 
     def get_fiber_variables(self) -> Any:
         self.events.append(("get", id(getcurrent())))
-        return (super().get_fiber_variables(), VAR.get())
+        return (super().get_fiber_variables(), VAR.get())  # type: ignore[misc]
 
     def set_fiber_variables(self, variables: Any) -> None:
         context, value = variables
-        super().set_fiber_variables(context)
+        super().set_fiber_variables(context)  # type: ignore[misc]
         self.events.append(("set", id(getcurrent()), value))
 
     def cleanup_fiber(self) -> None:
         self.events.append(("cleanup", id(getcurrent())))
 
 
-def test_lifecycle_hooks_run_once_per_greenlet_in_parent_then_child() -> None:
-    dataloader = Hooked()
+def hooked(scheduler: Type[Dataloader]) -> Any:
+    return type(f"Hooked{scheduler.__name__}", (HookRecorder, scheduler), {})()
+
+
+def test_lifecycle_hooks_run_once_per_greenlet_in_parent_then_child(scheduler: Type[Dataloader]) -> None:
+    dataloader = hooked(scheduler)
     hub = id(getcurrent())
     for key in range(3):
         dataloader.append_job(lambda key=key: dataloader.with_(Recorder).load(key))
@@ -511,8 +515,8 @@ def test_lifecycle_hooks_run_once_per_greenlet_in_parent_then_child() -> None:
     assert hub not in {e[1] for e in sets}
 
 
-def test_cleanup_fiber_runs_when_the_job_failed() -> None:
-    dataloader = Hooked()
+def test_cleanup_fiber_runs_when_the_job_failed(scheduler: Type[Dataloader]) -> None:
+    dataloader = hooked(scheduler)
     dataloader.append_job(lambda: dataloader.with_(Recorder).load(1))
     dataloader.append_job(lambda: (dataloader.with_(Recorder).load(2), 1 / 0))
     with pytest.raises(ZeroDivisionError):
