@@ -453,25 +453,32 @@ def test_run_isolated_while_siblings_run_concurrently() -> None:
     assert sorted(log, key=repr) == [("appended", "r:4"), ("isolated", ["r:1", "r:2"]), ("sibling", "r:3")]
 
 
+class Latency(Source):
+    """Logs (name, batch size), sleeps ``seconds`` cooperatively, returns f"{name}{key}"."""
+
+    def __init__(self, name: str, seconds: float, log: List[Tuple[str, int]]) -> None:
+        self.name, self.seconds, self.log = name, seconds, log
+
+    @classmethod
+    def batch_key_for(cls, name: str, seconds: float, log: Any) -> Any:
+        return name
+
+    def fetch(self, keys: List[Any]) -> List[Any]:
+        self.log.append((self.name, len(keys)))
+        gevent.sleep(self.seconds)
+        return [f"{self.name}{key}" for key in keys]
+
+
 def branches_workload(dl: Dataloader, log: List[Tuple[str, int]]) -> Any:
     """graphql-ruby's "runs dataloaders in parallel across branches": A -> B -> C beside D."""
 
-    class Latency(Source):
-        def __init__(self, name: str, seconds: float) -> None:
-            self.name, self.seconds = name, seconds
-
-        def fetch(self, keys: List[Any]) -> List[Any]:
-            log.append((self.name, len(keys)))
-            gevent.sleep(self.seconds)
-            return [f"{self.name}{key}" for key in keys]
-
     def chain(key: int) -> Any:
-        a = dl.with_(Latency, "A", T).load(key)
-        b = dl.with_(Latency, "B", T).load(a)
-        return dl.with_(Latency, "C", T).load(b)
+        a = dl.with_(Latency, "A", T, log).load(key)
+        b = dl.with_(Latency, "B", T, log).load(a)
+        return dl.with_(Latency, "C", T, log).load(b)
 
     def slow(key: int) -> Any:
-        return dl.with_(Latency, "D", 3 * T).load(key)
+        return dl.with_(Latency, "D", 3 * T, log).load(key)
 
     return dl.map(lambda job: job[0](job[1]), [(chain, k) for k in range(3)] + [(slow, k) for k in range(3)])
 
@@ -501,26 +508,17 @@ def test_eager_resume_splits_a_batch_when_fast_and_slow_jobs_share_a_next_source
     # source without the jobs still waiting, so that source is fetched twice.
     log: List[Tuple[str, int]] = []
 
-    class Latency(Source):
-        def __init__(self, name: str, seconds: float) -> None:
-            self.name, self.seconds = name, seconds
-
-        def fetch(self, keys: List[Any]) -> List[Any]:
-            log.append((self.name, len(keys)))
-            gevent.sleep(self.seconds)
-            return keys
-
     def view(dl: Dataloader) -> Any:
         def item(job: Tuple[str, float, int]) -> Any:
-            first = dl.with_(Latency, job[0], job[1]).load(job[2])
-            return dl.with_(Latency, "shared", T / 10).load(first)
+            first = dl.with_(Latency, job[0], job[1], log).load(job[2])
+            return dl.with_(Latency, "shared", T / 10, log).load(first)
 
         return dl.map(item, [("fast", T / 10, k) for k in range(3)] + [("slow", T, k + 10) for k in range(3)])
 
     for eager, shared_fetches in ((False, [("shared", 6)]), (True, [("shared", 3), ("shared", 3)])):
         log.clear()
         result = AsyncDataloader.with_dataloading(view, eager_resume=eager)
-        assert result == [0, 1, 2, 10, 11, 12]
+        assert result == ["sharedfast0", "sharedfast1", "sharedfast2", "sharedslow10", "sharedslow11", "sharedslow12"]
         assert [entry for entry in log if entry[0] == "shared"] == shared_fetches
 
 
