@@ -89,6 +89,7 @@ from ._errors import (
     short_repr,
 )
 from ._fibers import CURRENT, Worker, copy_error
+from ._loops import MapLoop, SplitLoop
 from ._source import Batch, Source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,76 +180,6 @@ class _Run:
         self.deadlock: Optional[DeadlockError] = None
         self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
         self.wake = wake  # concurrent schedulers: what the hub blocks on
-
-
-class _Group:
-    """The items of one ``map()`` call: a loop that other workers can split.
-
-    The caller runs the items itself, one after another.  Whenever a worker
-    running items of a group parks, and the group still has items nobody has
-    started, one *helper* job is queued; whichever worker takes it carries on
-    with the remaining items (and queues the next helper if it parks too).
-    So a map whose items never wait costs no greenlet at all, and one whose
-    items all wait uses one greenlet per waiting item, as plain jobs would.
-    The caller, once it runs out of items to start, waits for the others;
-    the worker that finishes the last item puts it back on the ready queue.
-    """
-
-    __slots__ = ("fn", "items", "next", "results", "errors", "remaining", "waiter",
-                 "waiting", "helper_queued", "run", "context", "dataloader")
-
-    def __init__(
-        self, dataloader: "Dataloader", fn: Callable[[Any], Any], items: List[Any], waiter: Worker, run: _Run
-    ) -> None:
-        self.dataloader = dataloader
-        self.fn = fn
-        self.items = items
-        self.next = 0  # index of the first item nobody has started
-        self.results: List[Any] = [None] * len(items)
-        self.errors: Dict[int, BaseException] = {}
-        self.remaining = len(items)
-        self.waiter = waiter
-        self.waiting = False  # the waiter is parked until remaining == 0
-        self.helper_queued = False
-        self.run = run
-        self.context = copy_context()  # each item runs in a copy of the caller's
-
-    def work(self) -> None:
-        """Run unstarted items until none is left (the caller's and helpers' loop)."""
-        self.helper_queued = False
-        worker: Worker = getcurrent()  # type: ignore[assignment]
-        groups = worker.groups
-        if groups is None:
-            groups = worker.groups = []
-        groups.append(self)
-        items, fn, context = self.items, self.fn, self.context
-        own_context = worker.gr_context
-        try:
-            while self.next < len(items):
-                index = self.next
-                self.next = index + 1
-                if self.run.wake is not None and self.next < len(items):
-                    # Concurrent scheduler: an item may block in I/O, which the
-                    # scheduler cannot see; have a helper ready to go on.
-                    self.dataloader._split(self.run, self)
-                worker.gr_context = context.copy()
-                try:
-                    self.results[index] = fn(items[index])
-                except Exception as error:
-                    self.errors[index] = error
-                finally:
-                    self.remaining -= 1
-                    if not self.remaining and self.waiting:
-                        self.waiting = False
-                        self.dataloader._make_ready(self.run, self.waiter)
-        finally:
-            worker.gr_context = own_context
-            groups.pop()
-
-    def outcome(self) -> List[Any]:
-        if self.errors:
-            raise self.errors[min(self.errors)]
-        return self.results
 
 
 def _check_fiber_limit(fiber_limit: Optional[int]) -> Optional[int]:
@@ -442,18 +373,10 @@ class Dataloader:
             return []
         if worker.batch is not None:  # in a fetch: jobs would run only after it
             return self.run_isolated(lambda: self.map(fn, items))
-        group = _Group(self, fn, items, worker, run)
-        group.work()
-        if group.remaining:
-            worker.waiting = group
-            group.waiting = True
-            try:
-                while group.waiting:
-                    self._park(run, worker, None)
-            finally:
-                group.waiting = False  # also when a timeout ended the wait: no resume later
-                worker.waiting = None
-        return group.outcome()
+        loop = MapLoop(self, run, fn, items, worker)
+        loop.work()
+        loop.wait()
+        return loop.outcome()
 
     def yield_(self) -> None:
         """Suspend the current job or fetch; every other runnable one goes first.
@@ -760,7 +683,7 @@ class Dataloader:
         if run.wake is not None:
             self._wake(run)
 
-    def _split(self, run: _Run, group: _Group) -> None:
+    def _split(self, run: _Run, group: SplitLoop) -> None:
         """Queue a helper for a map() loop that has unstarted items."""
         if not group.helper_queued and group.next < len(group.items):
             group.helper_queued = True
