@@ -1,0 +1,280 @@
+"""graphql-core integration: synchronous resolvers that batch across the whole query.
+
+Use it with any graphql-core 3 server (plain graphql-core, Graphene 3,
+Strawberry sync, Ariadne sync)::
+
+    from fiberloader.graphql import DataloaderExecutionContext, graphql_sync
+
+    result = graphql_sync(schema, "{ posts { title author { name } } }")
+    # or: graphql.execute(..., execution_context_class=DataloaderExecutionContext)
+
+    def resolve_author(post, info):
+        return current_dataloader().with_(UserSource).load(post["author_id"])
+
+Theory of operation
+===================
+
+1. The operation runs as a job of a dataloader: the one already running
+   the calling code (a WSGI/Flask/Django request, your own
+   ``with_dataloading``), else a new one from ``dataloader_class()`` -- so
+   the one setting picks sync, async or null scheduling here too.
+2. graphql-core's executor runs in that job, unchanged, except for two
+   loops: the fields of an object and the items of a list.  Each runs as a
+   *split loop* (``fiberloader._loops``): the job runs the fields or items
+   one after another, exactly as graphql-core does, and nothing else.
+3. A resolver that loads a key that is not cached parks the greenlet
+   running it.  The scheduler then hands the unstarted fields and items of
+   every loop on that greenlet's stack to another worker, which goes on
+   with them -- and their loads join the same batch.  When nothing more can
+   run, each source is fetched once, the parked resolvers resume, and each
+   loop's owner collects its results in order once all of its items are
+   done.  One fetch per source per level of dependency, as in graphql-ruby.
+4. Errors behave as in graphql-core's synchronous execution: a field's
+   error is located and recorded, a non-null error propagates to the
+   nearest nullable ancestor.  Where a split let later siblings run before
+   an earlier one failed, the errors those later siblings recorded are
+   dropped at the end, because graphql-core would never have run them.
+
+A resolver that never waits costs what it costs in graphql-core plus the
+loop bookkeeping of its object (one small object per object with two or
+more fields and per list with two or more items); no greenlet is started.
+Top-level mutation fields run one after another, each to its end, with the
+cache cleared before each (as graphql-ruby does).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from graphql import GraphQLError, located_error
+from graphql import graphql_sync as _graphql_sync
+from graphql.pyutils import Path, Undefined, is_iterable
+from greenlet import getcurrent
+
+from ._dataloader import Dataloader
+from ._fibers import Worker, current_dataloader
+from ._loops import SplitLoop
+from ._settings import dataloader_class
+
+__all__ = ["DataloaderExecutionContext", "graphql_sync"]
+
+# `import graphql.execution.execute` gives the function the package re-exports.
+_execute = importlib.import_module("graphql.execution.execute")
+_Base: Any = getattr(_execute, "ExecutionContext", None) or getattr(_execute, "Executor")
+# graphql-core 3.2.14 added the path argument.
+_ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
+
+
+class DataloaderExecutionContext(_Base):  # type: ignore[misc, valid-type]
+    """An ``ExecutionContext`` whose resolvers may ``load`` with plain calls.
+
+    Pass it as ``execution_context_class=`` to graphql-core's ``execute``,
+    ``execute_sync``, ``graphql_sync``, or a server that accepts one.
+    Set ``dataloader_setting`` on a subclass to pick a scheduler for
+    executions that start their own dataloader (default: the setting chain
+    of ``fiberloader.dataloader_class()``).
+    """
+
+    dataloader_setting: Any = None
+
+    def execute_operation(self, operation: Any, root_value: Any) -> Any:
+        self._aborted: List[Tuple[List[Any], Set[Any]]] = []
+        dataloader = current_dataloader()
+        if dataloader is not None and dataloader._caller()[1] is not None:
+            return self._execute_in_job(operation, root_value)  # already in a job: batch with it
+        scheduler = dataloader_class(self.dataloader_setting)
+        return scheduler.with_dataloading(lambda _: self._execute_in_job(operation, root_value))
+
+    def _execute_in_job(self, operation: Any, root_value: Any) -> Any:
+        try:
+            return super().execute_operation(operation, root_value)
+        finally:
+            self._drop_errors_of_aborted_siblings()
+
+    def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]) -> Any:
+        worker = getcurrent()
+        run = getattr(worker, "owner", None)
+        if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
+            return super().execute_fields(parent_type, source_value, path, fields)
+        loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, fields)
+        loop.work()
+        loop.wait()
+        return loop.outcome()
+
+    def execute_fields_serially(
+        self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]
+    ) -> Any:
+        dataloader = current_dataloader()
+        results = {}
+        for response_name, field_nodes in fields.items():
+            if dataloader is not None:
+                dataloader.clear_cache()  # each mutation sees what the previous ones wrote
+            result = self.execute_field(
+                parent_type, source_value, field_nodes, Path(path, response_name, parent_type.name)
+            )
+            if result is not Undefined:
+                results[response_name] = result
+        return results
+
+    def complete_list_value(
+        self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any
+    ) -> Any:
+        worker = getcurrent()
+        run = getattr(worker, "owner", None)
+        if run is None or not is_iterable(result):
+            return super().complete_list_value(return_type, field_nodes, info, path, result)
+        items = list(result)
+        if len(items) < 2:
+            return super().complete_list_value(return_type, field_nodes, info, path, items)
+        loop = _ListLoop(self, run, worker, return_type.of_type, field_nodes, info, path, items)
+        loop.work()
+        loop.wait()
+        return loop.outcome()
+
+    # -- errors ---------------------------------------------------------------------
+
+    def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
+        if _ERROR_HANDLER_TAKES_PATH:
+            self.handle_field_error(error, return_type, path)
+        else:
+            self.handle_field_error(error, return_type)
+
+    def _errors_list(self) -> List[GraphQLError]:
+        collected = getattr(self, "collected_errors", None)
+        return collected.errors if collected is not None else self.errors  # type: ignore[no-any-return]
+
+    def _drop_errors_of_aborted_siblings(self) -> None:
+        """Remove errors recorded by siblings that ran only because a loop was split.
+
+        graphql-core runs the fields of an object (the items of a list) in
+        order and stops at the first that raises; a split loop may have run
+        later ones already.  ``_aborted`` holds, per failed loop, its path and
+        the keys of the items after the failure that had started.
+        """
+        if not self._aborted:
+            return
+        errors = self._errors_list()
+        kept = [error for error in errors if not self._in_aborted_region(error.path)]
+        errors[:] = kept
+
+    def _in_aborted_region(self, error_path: Optional[List[Any]]) -> bool:
+        if not error_path:
+            return False
+        for prefix, keys in self._aborted:
+            depth = len(prefix)
+            if len(error_path) > depth and error_path[:depth] == prefix and error_path[depth] in keys:
+                return True
+        return False
+
+
+class _ExecutionLoop(SplitLoop):
+    """A split loop of the executor: stops at the first item that raises, like graphql-core."""
+
+    __slots__ = ("context", "path", "results", "failure", "failed_at", "started")
+
+    def __init__(self, context: DataloaderExecutionContext, run: Any, owner: Worker, path: Any, items: List[Any]) -> None:
+        super().__init__(_dataloader_of(run), run, items, owner)
+        self.context = context
+        self.path = path
+        self.results: List[Any] = [None] * len(items)
+        self.failure: Optional[BaseException] = None
+        self.failed_at = len(items)
+        self.started = 0
+
+    def failed(self, index: int, error: BaseException) -> None:
+        if index < self.failed_at:
+            self.failure, self.failed_at = error, index
+        if self.started == 0:
+            self.started = self.next  # items at or after `next` will never start
+        self.stop()
+
+    def raise_failure(self, keys: List[Any]) -> None:
+        """Raise the first failure; remember the later siblings that ran anyway."""
+        later = keys[self.failed_at + 1 : self.started]
+        if later:
+            prefix = self.path.as_list() if self.path is not None else []
+            self.context._aborted.append((prefix, set(later)))
+        raise self.failure  # type: ignore[misc]
+
+
+class _FieldsLoop(_ExecutionLoop):
+    """The fields of one object."""
+
+    __slots__ = ("parent_type", "source")
+
+    def __init__(
+        self, context: DataloaderExecutionContext, run: Any, owner: Worker, parent_type: Any, source: Any,
+        path: Any, fields: Dict[str, Any],
+    ) -> None:
+        super().__init__(context, run, owner, path, list(fields.items()))
+        self.parent_type = parent_type
+        self.source = source
+
+    def run_item(self, index: int) -> None:
+        response_name, field_nodes = self.items[index]
+        parent_type = self.parent_type
+        try:
+            self.results[index] = self.context.execute_field(
+                parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name)
+            )
+        except Exception as error:  # a non-null field failed: its parent fails too
+            self.failed(index, error)
+
+    def outcome(self) -> Dict[str, Any]:
+        if self.failure is not None:
+            self.raise_failure([name for name, _ in self.items])
+        return {
+            name: value for (name, _), value in zip(self.items, self.results) if value is not Undefined
+        }
+
+
+class _ListLoop(_ExecutionLoop):
+    """The items of one list value."""
+
+    __slots__ = ("item_type", "field_nodes", "info", "values")
+
+    def __init__(
+        self, context: DataloaderExecutionContext, run: Any, owner: Worker, item_type: Any, field_nodes: Any,
+        info: Any, path: Any, values: List[Any],
+    ) -> None:
+        super().__init__(context, run, owner, path, values)
+        self.item_type = item_type
+        self.field_nodes = field_nodes
+        self.info = info
+
+    def run_item(self, index: int) -> None:
+        context = self.context
+        item_path = self.path.add_key(index, None)
+        try:
+            self.results[index] = context.complete_value(
+                self.item_type, self.field_nodes, self.info, item_path, self.items[index]
+            )
+        except Exception as raw_error:
+            error = located_error(raw_error, self.field_nodes, item_path.as_list())
+            try:
+                context._field_error(error, self.item_type, item_path)
+            except Exception as propagated:  # a non-null item failed: the list fails
+                self.failed(index, propagated)
+
+    def outcome(self) -> List[Any]:
+        if self.failure is not None:
+            self.raise_failure(list(range(len(self.items))))
+        return self.results
+
+
+def _dataloader_of(run: Any) -> Dataloader:
+    return run.dataloader  # type: ignore[no-any-return]
+
+
+def graphql_sync(schema: Any, source: Any, **kwargs: Any) -> Any:
+    """graphql-core's ``graphql_sync`` with :class:`DataloaderExecutionContext`.
+
+    Takes the same arguments; works with graphql-core 3.2 and 3.3.
+    """
+    if "executor_class" in inspect.signature(_graphql_sync).parameters:  # graphql-core 3.3
+        kwargs.setdefault("executor_class", DataloaderExecutionContext)
+    else:
+        kwargs.setdefault("execution_context_class", DataloaderExecutionContext)
+    return _graphql_sync(schema, source, **kwargs)
