@@ -94,7 +94,7 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc, valid-type]
             self._drop_errors_of_aborted_siblings()
 
     def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]) -> Any:
-        worker = getcurrent()
+        worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
             return super().execute_fields(parent_type, source_value, path, fields)
@@ -121,7 +121,7 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc, valid-type]
     def complete_list_value(
         self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any
     ) -> Any:
-        worker = getcurrent()
+        worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         if run is None or not is_iterable(result):
             return super().complete_list_value(return_type, field_nodes, info, path, result)

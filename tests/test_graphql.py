@@ -1,0 +1,275 @@
+"""fiberloader.graphql: same results as plain graphql-core, with batched loads.
+
+The reference for every query is plain graphql-core's synchronous
+execution, with the resolvers' loads fetched one key at a time (under
+NullDataloader).  fiberloader's execution context must give the same data
+(key order included), the same errors (messages, locations, paths) -- and
+one fetch per source per level of dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Type
+
+import pytest
+from graphql import (
+    GraphQLArgument,
+    GraphQLError,
+    GraphQLField,
+    GraphQLInt,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    GraphQLString,
+    build_schema,
+    execute,
+    parse,
+)
+from graphql import graphql_sync as plain_graphql_sync
+
+from fiberloader import Dataloader, NullDataloader, Source, current_dataloader
+from fiberloader.graphql import DataloaderExecutionContext, graphql_sync
+
+USERS = {i: {"id": i, "name": f"user {i}"} for i in range(12)}
+POSTS = [{"id": i, "title": f"post {i}", "author_id": i % 7} for i in range(20)]
+COMMENTS = {p["id"]: [{"id": p["id"] * 10 + j, "body": f"c{p['id']}.{j}", "author_id": (p["id"] + j) % 12}
+                      for j in range(3)] for p in POSTS}
+
+
+class Log:
+    calls: List[Any] = []
+
+
+class Users(Source):
+    def fetch(self, keys: List[Any]) -> List[Any]:
+        Log.calls.append(("users", sorted(keys)))
+        return [USERS.get(k) or KeyError(f"no user {k}") for k in keys]
+
+
+class CommentsOf(Source):
+    def fetch(self, keys: List[Any]) -> List[Any]:
+        Log.calls.append(("comments", sorted(keys)))
+        return [COMMENTS.get(k, []) for k in keys]
+
+
+def load(source: Type[Source], key: Any) -> Any:
+    return current_dataloader().with_(source).load(key)  # type: ignore[union-attr]
+
+
+SDL = """
+scalar Upper
+
+interface Node { id: Int! }
+union Thing = User | Post
+
+type Query {
+  posts(first: Int): [Post!]!
+  post(id: Int!): Post
+  node(kind: String!, id: Int!): Node
+  things: [Thing]
+  generated: [User]
+  shout(text: String!): Upper
+  failing: String
+  strict: String!
+}
+
+type Mutation { rename(id: Int!, name: String!): User }
+
+type Post implements Node {
+  id: Int!
+  title: String!
+  author: User
+  strictAuthor: User!
+  comments: [Comment!]!
+  laterError: String
+  missingAuthor: User!
+}
+
+type Comment { id: Int! body: String! author: User }
+
+type User implements Node { id: Int! name: String! posts: [Post!]! }
+"""
+
+
+def make_schema() -> GraphQLSchema:
+    schema = build_schema(SDL)
+    query, post, comment, user = (schema.get_type(name) for name in ("Query", "Post", "Comment", "User"))
+    fields = query.fields  # type: ignore[union-attr]
+    fields["posts"].resolve = lambda _, info, first=None: POSTS[:first] if first else POSTS
+    fields["post"].resolve = lambda _, info, id: next((p for p in POSTS if p["id"] == id), None)
+    fields["node"].resolve = lambda _, info, kind, id: load(Users, id) if kind == "user" else POSTS[id]
+    fields["things"].resolve = lambda _, info: [load(Users, 1), POSTS[2], None, load(Users, 3)]
+    fields["generated"].resolve = lambda _, info: (load(Users, i) for i in range(4))
+    fields["shout"].resolve = lambda _, info, text: text
+    fields["failing"].resolve = lambda _, info: (_ for _ in ()).throw(ValueError("root failure"))
+    fields["strict"].resolve = lambda _, info: None
+    schema.get_type("Upper").serialize = lambda value: str(value).upper()  # type: ignore[union-attr]
+    for node_type in ("Node", "Thing"):
+        schema.get_type(node_type).resolve_type = lambda obj, info, t: (  # type: ignore[union-attr]
+            "User" if "name" in obj else "Post"
+        )
+    pf = post.fields  # type: ignore[union-attr]
+    pf["author"].resolve = lambda p, info: load(Users, p["author_id"])
+    pf["strictAuthor"].resolve = lambda p, info: load(Users, p["author_id"] + 100 if p["id"] == 3 else p["author_id"])
+    pf["comments"].resolve = lambda p, info: load(CommentsOf, p["id"])
+    pf["laterError"].resolve = lambda p, info: (_ for _ in ()).throw(RuntimeError(f"later {p['id']}"))
+    pf["missingAuthor"].resolve = lambda p, info: load(Users, 999) if p["id"] % 5 == 4 else load(Users, 1)
+    comment.fields["author"].resolve = lambda c, info: load(Users, c["author_id"])  # type: ignore[union-attr]
+    user.fields["posts"].resolve = lambda u, info: [p for p in POSTS if p["author_id"] == u["id"]]  # type: ignore[union-attr]
+    schema.mutation_type.fields["rename"].resolve = rename  # type: ignore[union-attr]
+    return schema
+
+
+RENAMED: List[Any] = []
+
+
+def rename(_: Any, info: Any, id: int, name: str) -> Any:
+    before = load(Users, id)["name"]
+    USERS[id] = {**USERS[id], "name": name}
+    current_dataloader().with_(Users).clear(id)  # type: ignore[union-attr]  # written: forget the old row
+    RENAMED.append((before, name))
+    return load(Users, id)
+
+
+SCHEMA = make_schema()
+
+QUERIES = {
+    "nested lists": "{ posts { title author { name } comments { body author { name } } } }",
+    "aliases and fragments": """
+        { first: posts(first: 3) { ...P } again: posts(first: 2) { id a: author { n: name } } }
+        fragment P on Post { id title author { name posts { id } } }""",
+    "abstract types": "{ node(kind: \"user\", id: 4) { id ... on User { name } } things { ... on User { name } ... on Post { title author { name } } } }",
+    "generator list": "{ generated { id name } }",
+    "custom scalar": "{ shout(text: \"hello\") }",
+    "nullable error beside loads": "{ failing posts(first: 4) { id author { name } } }",
+    "non-null error nulls the post": "{ posts(first: 6) { id strictAuthor { name } comments { body } } }",
+    "later sibling errors dropped after non-null failure": "{ post(id: 3) { strictAuthor { name } laterError author { name } } }",
+    "non-null failure in list item nulls whole list": "{ posts { id missingAuthor { name } laterError } }",
+    "non-null root field": "{ posts(first: 2) { id } strict }",
+    "missing key is a located error": "{ posts(first: 5) { id missingAuthor { id } } }",
+}
+
+
+def reference(query: str, variables: Any = None) -> Any:
+    """Plain graphql-core, loads fetched one key at a time."""
+    return NullDataloader.with_dataloading(
+        lambda dl: execute(SCHEMA, parse(query), variable_values=variables)
+    )
+
+
+def normal(result: Any) -> Any:
+    errors = [error.formatted for error in result.errors or []]
+    return json.dumps(result.data), sorted(json.dumps(e, sort_keys=True) for e in errors)
+
+
+@pytest.fixture(params=["sync", "async", "null"])
+def setting(request: Any) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", QUERIES)
+def test_results_equal_plain_graphql_core(name: str, setting: str) -> None:
+    query = QUERIES[name]
+    want = reference(query)
+    got = graphql_sync(SCHEMA, query, execution_context_class=type(
+        "Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting}))
+    assert normal(got) == normal(want)
+
+
+def run_counted(query: str, setting: str = "sync") -> Any:
+    Log.calls = []
+    context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
+    result = graphql_sync(SCHEMA, query, execution_context_class=context_class)
+    return result, Log.calls
+
+
+@pytest.mark.parametrize("setting", ["sync", "async"])
+def test_one_fetch_per_source_per_level(setting: str) -> None:
+    result, calls = run_counted(QUERIES["nested lists"], setting)
+    assert not result.errors
+    post_authors = sorted({p["author_id"] for p in POSTS})
+    assert calls[0] == ("users", post_authors) or calls[0][0] == "comments"
+    assert sorted(name for name, _ in calls) == ["comments", "users", "users"]
+    assert ("comments", [p["id"] for p in POSTS]) in calls
+
+
+def test_errors_keep_the_original_exception_and_siblings_resolve() -> None:
+    result, _ = run_counted("{ failing posts(first: 2) { id author { name } } }")
+    assert result.data["posts"] == [{"id": 0, "author": {"name": "user 0"}}, {"id": 1, "author": {"name": "user 1"}}]
+    [error] = result.errors
+    assert error.path == ["failing"] and isinstance(error.original_error, ValueError)
+
+
+def test_fetch_error_is_the_fields_located_error_with_original_error() -> None:
+    result, _ = run_counted("{ posts(first: 5) { id missingAuthor { id } } }")
+    assert result.data is None  # non-null all the way up: the whole response is null
+    [error] = result.errors
+    assert error.path == ["posts", 4, "missingAuthor"]
+    assert isinstance(error.original_error, KeyError)
+
+
+def test_later_siblings_that_ran_early_do_not_add_errors() -> None:
+    # post 3's strictAuthor waits for a key, so its later siblings run first;
+    # when strictAuthor fails, the post is nulled and graphql-core would
+    # never have run laterError: its error must not appear.
+    result, _ = run_counted(QUERIES["later sibling errors dropped after non-null failure"])
+    assert result.data == {"post": None}
+    assert [e.path for e in result.errors] == [["post", "strictAuthor"]]
+
+
+def test_mutations_run_serially_each_seeing_the_last(setting: str) -> None:
+    RENAMED.clear()
+    saved = dict(USERS)
+    try:
+        query = 'mutation { a: rename(id: 1, name: "one") { name } b: rename(id: 1, name: "uno") { name } }'
+        context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
+        result = graphql_sync(SCHEMA, query, execution_context_class=context_class)
+    finally:
+        USERS.clear()
+        USERS.update(saved)
+    assert result.data == {"a": {"name": "one"}, "b": {"name": "uno"}}
+    assert RENAMED == [("user 1", "one"), ("one", "uno")]
+
+
+def test_runs_inside_an_already_running_dataloader_and_batches_with_it() -> None:
+    def view(dl: Dataloader) -> Any:
+        handle = dl.with_(Users).request(11)  # the request's own pending key
+        result = execute(SCHEMA, parse("{ posts(first: 3) { author { name } } }"),
+                         execution_context_class=DataloaderExecutionContext)
+        return result, handle.load(), current_dataloader() is dl
+
+    Log.calls = []
+    result, user, same = Dataloader.with_dataloading(view)
+    assert same and user["name"] == "user 11"
+    assert result.data == {"posts": [{"author": {"name": f"user {i}"}} for i in range(3)]}
+    assert Log.calls == [("users", [0, 1, 2, 11])]  # one batch with the request's key
+
+
+def test_resolvers_may_load_several_times_in_sequence_and_in_loops() -> None:
+    schema = GraphQLSchema(GraphQLObjectType("Query", {
+        "chain": GraphQLField(GraphQLList(GraphQLString), resolve=lambda _, info: [
+            load(Users, load(Users, i)["id"] + 1)["name"] for i in range(3)
+        ]),
+        "other": GraphQLField(GraphQLString, resolve=lambda _, info: load(Users, 9)["name"]),
+    }))
+    Log.calls = []
+    result = graphql_sync(schema, "{ chain other }")
+    assert result.data == {"chain": ["user 1", "user 2", "user 3"], "other": "user 9"}
+    assert Log.calls[0] == ("users", [0, 9])  # the first loads of both fields batch
+
+
+def test_dataloader_setting_comes_from_the_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("FIBERLOADER_DATALOADER", "null")
+    Log.calls = []
+    result = graphql_sync(SCHEMA, "{ posts(first: 3) { author { name } } }")
+    assert not result.errors
+    assert len(Log.calls) == 3  # one key per fetch: NullDataloader was used
+
+
+def test_no_greenlet_outlives_an_execution(no_leaked_greenlets: Any, setting: str) -> None:
+    context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
+    for query in QUERIES.values():
+        graphql_sync(SCHEMA, query, execution_context_class=context_class)
