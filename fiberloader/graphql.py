@@ -67,7 +67,7 @@ _Base: Any = getattr(_execute, "ExecutionContext", None) or getattr(_execute, "E
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
 
 
-class DataloaderExecutionContext(_Base):  # type: ignore[misc, valid-type]
+class DataloaderExecutionContext(_Base):  # type: ignore[misc]
     """An ``ExecutionContext`` whose resolvers may ``load`` with plain calls.
 
     Pass it as ``execution_context_class=`` to graphql-core's ``execute``,
