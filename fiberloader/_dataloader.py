@@ -144,6 +144,7 @@ class _Run:
         "dataloader",
         "hub",
         "jobs",
+        "later",
         "workers",
         "idle",
         "parked",
@@ -166,6 +167,7 @@ class _Run:
         self.dataloader = dataloader
         self.hub = hub  # the greenlet running the loop
         self.jobs = jobs  # this run's queue (a run_isolated has its own)
+        self.later: List[Callable[[], Any]] = []  # jobs for after the next fetch phase
         self.workers: Dict[Worker, None] = {}  # alive, in start order
         self.idle: List[Worker] = []
         self.parked: List[Worker] = []  # jobs waiting on keys or yield_()
@@ -443,11 +445,11 @@ class Dataloader:
             pending = bool(self._pending_sources)
             if pending:
                 self._fetch_phase(run)
-            if len(run.workers) == len(run.idle) and not run.jobs:
+            if len(run.workers) == len(run.idle) and not run.jobs and not run.later:
                 if not self._pending_sources:
                     return
                 continue
-            if run.progress != mark or pending or self._pending_sources or run.ready:
+            if run.progress != mark or pending or self._pending_sources or run.ready or run.later:
                 stuck_rounds = 0
                 continue
             stuck_rounds += 1
@@ -458,6 +460,9 @@ class Dataloader:
     def _job_phase(self, run: _Run) -> None:
         """Run jobs and resume parked ones until every job waits or is done."""
         ready, idle = run.ready, run.idle
+        if run.later:  # queued for after a fetch phase: that was it
+            run.jobs.extend(run.later)
+            run.later.clear()
         if run.parked:
             ready.extend(run.parked)
             run.parked.clear()
@@ -692,6 +697,15 @@ class Dataloader:
                 self._want_worker(run)
 
     # -- parking (runs in a worker) -------------------------------------------
+
+    def _after_fetch(self, run: _Run, job: Callable[[], Any]) -> None:
+        """Queue ``job`` to run in the job phase after the next fetch phase.
+
+        graphql-ruby's lazy resolution: the GraphQL executor completes a
+        field whose resolver returned a request handle this way, once the
+        handle's batch has been fetched, without a greenlet of its own.
+        """
+        run.later.append(job)
 
     def _caller(self) -> Tuple[Optional[Worker], Optional[_Run]]:
         """The calling worker and its run, if the caller is one of our workers.

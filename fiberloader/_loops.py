@@ -32,22 +32,51 @@ from ._fibers import Worker
 if TYPE_CHECKING:  # pragma: no cover
     from ._dataloader import Dataloader, _Run
 
-__all__ = ["SplitLoop", "MapLoop"]
+__all__ = ["Waitable", "SplitLoop", "MapLoop"]
 
 
-class SplitLoop:
-    """A loop over ``items`` that workers can share; subclasses say what an item does."""
+class Waitable:
+    """A count of unfinished work that one worker, the owner, can wait for."""
 
-    __slots__ = ("dataloader", "run", "items", "next", "remaining", "owner", "waiting", "helper_queued")
+    __slots__ = ("dataloader", "run", "remaining", "owner", "waiting")
 
-    def __init__(self, dataloader: "Dataloader", run: "_Run", items: List[Any], owner: Worker) -> None:
+    def __init__(self, dataloader: "Dataloader", run: "_Run", remaining: int, owner: Worker) -> None:
         self.dataloader = dataloader
         self.run = run
-        self.items = items
-        self.next = 0  # index of the first item nobody has started
-        self.remaining = len(items)  # items not finished
+        self.remaining = remaining
         self.owner = owner
         self.waiting = False  # the owner is parked until remaining == 0
+
+    def wait(self) -> None:
+        """The owner: park until nothing remains."""
+        if not self.remaining:
+            return
+        owner = self.owner
+        owner.waiting = self
+        self.waiting = True
+        try:
+            while self.waiting:
+                self.dataloader._park(self.run, owner, None)
+        finally:
+            self.waiting = False  # also when a timeout ended the wait: no resume later
+            owner.waiting = None
+
+    def _finished(self, count: int) -> None:
+        self.remaining -= count
+        if not self.remaining and self.waiting:
+            self.waiting = False
+            self.dataloader._make_ready(self.run, self.owner)
+
+
+class SplitLoop(Waitable):
+    """A loop over ``items`` that workers can share; subclasses say what an item does."""
+
+    __slots__ = ("items", "next", "helper_queued")
+
+    def __init__(self, dataloader: "Dataloader", run: "_Run", items: List[Any], owner: Worker) -> None:
+        super().__init__(dataloader, run, len(items), owner)
+        self.items = items
+        self.next = 0  # index of the first item nobody has started
         self.helper_queued = False
 
     def run_item(self, index: int) -> None:
@@ -83,26 +112,6 @@ class SplitLoop:
         if unstarted > 0:
             self.next = len(self.items)
             self._finished(unstarted)
-
-    def wait(self) -> None:
-        """The owner: park until every item has finished."""
-        if not self.remaining:
-            return
-        owner = self.owner
-        owner.waiting = self
-        self.waiting = True
-        try:
-            while self.waiting:
-                self.dataloader._park(self.run, owner, None)
-        finally:
-            self.waiting = False  # also when a timeout ended the wait: no resume later
-            owner.waiting = None
-
-    def _finished(self, count: int) -> None:
-        self.remaining -= count
-        if not self.remaining and self.waiting:
-            self.waiting = False
-            self.dataloader._make_ready(self.run, self.owner)
 
 
 class MapLoop(SplitLoop):

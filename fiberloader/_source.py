@@ -489,6 +489,12 @@ class Request(Generic[K, V]):
         """The value.  May suspend the calling job until the batch is fetched."""
         return self.source.load(self.key)
 
+    def ready(self) -> bool:
+        """Whether ``load()`` would return (or raise) now, without waiting."""
+        source = self.source
+        rk = self.key if source._plain_result_keys else source.result_key_for(self.key)
+        return source._resolved(rk)
+
     def __repr__(self) -> str:
         return f"<Request {self.source!r} {short_repr(self.key)}>"
 
@@ -505,6 +511,12 @@ class RequestAll(Generic[K, V]):
     def load(self) -> List[V]:
         """The values in key order.  May suspend the calling job until fetched."""
         return self.source.load_all(self.keys)
+
+    def ready(self) -> bool:
+        """Whether ``load()`` would return (or raise) now, without waiting."""
+        source = self.source
+        plain = source._plain_result_keys
+        return all(source._resolved(key if plain else source.result_key_for(key)) for key in self.keys)
 
     def __repr__(self) -> str:
         return f"<RequestAll {self.source!r} {short_repr(self.keys)}>"

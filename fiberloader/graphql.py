@@ -49,14 +49,16 @@ import inspect
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from graphql import GraphQLError, located_error
+from graphql.execution.execute import get_field_def
 from graphql import graphql_sync as _graphql_sync
 from graphql.pyutils import Path, Undefined, is_iterable
 from greenlet import getcurrent
 
 from ._dataloader import Dataloader
 from ._fibers import Worker, current_dataloader
-from ._loops import SplitLoop
+from ._loops import SplitLoop, Waitable
 from ._settings import dataloader_class
+from ._source import Request, RequestAll
 
 __all__ = ["DataloaderExecutionContext", "graphql_sync"]
 
@@ -81,6 +83,14 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
 
     def execute_operation(self, operation: Any, root_value: Any) -> Any:
         self._aborted: List[Tuple[List[Any], Set[Any]]] = []
+        self._deferrals = 0  # fields deferred so far (request handles)
+        self._pending: Optional[Waitable] = None  # deferred completions not done yet
+        # id(container) -> (container, parent container, key, field type, path),
+        # only for containers whose subtree had deferred fields.
+        self._parents: Dict[int, Tuple[Any, Any, Any, Any, Any]] = {}
+        # id(container) -> (container, error, key): a deferred failure that
+        # reached a container whose own parent link is not known yet.
+        self._held_failures: Dict[int, Tuple[Any, Any, Any]] = {}
         dataloader = current_dataloader()
         if dataloader is not None and dataloader._caller()[1] is not None:
             return self._execute_in_job(operation, root_value)  # already in a job: batch with it
@@ -88,20 +98,31 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
         return scheduler.with_dataloading(lambda _: self._execute_in_job(operation, root_value))
 
     def _execute_in_job(self, operation: Any, root_value: Any) -> Any:
+        self._operation_worker = getcurrent()
         try:
-            return super().execute_operation(operation, root_value)
+            data = super().execute_operation(operation, root_value)
+            self._wait_for_deferred()
+            held = self._held_failures.pop(id(data), None)
+            if held is not None:  # a deferred non-null failure reached the root
+                raise held[1]
+            return data
         finally:
             self._drop_errors_of_aborted_siblings()
 
     def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]) -> Any:
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
+        deferrals = self._deferrals
         if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
-            return super().execute_fields(parent_type, source_value, path, fields)
-        loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, fields)
-        loop.work()
-        loop.wait()
-        return loop.outcome()
+            results = super().execute_fields(parent_type, source_value, path, fields)
+        else:
+            loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, fields)
+            loop.work()
+            loop.wait()
+            results = loop.outcome()
+        if self._deferrals != deferrals:
+            self._link_fields(results, parent_type, path, fields)
+        return results
 
     def execute_fields_serially(
         self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]
@@ -111,11 +132,15 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
         for response_name, field_nodes in fields.items():
             if dataloader is not None:
                 dataloader.clear_cache()  # each mutation sees what the previous ones wrote
+            deferrals = self._deferrals
             result = self.execute_field(
                 parent_type, source_value, field_nodes, Path(path, response_name, parent_type.name)
             )
             if result is not Undefined:
                 results[response_name] = result
+                if self._deferrals != deferrals:
+                    self._link_fields(results, parent_type, path, fields, [response_name])
+                    self._wait_for_deferred()  # this mutation is done before the next starts
         return results
 
     def complete_list_value(
@@ -126,12 +151,146 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
         if run is None or not is_iterable(result):
             return super().complete_list_value(return_type, field_nodes, info, path, result)
         items = list(result)
+        deferrals = self._deferrals
         if len(items) < 2:
-            return super().complete_list_value(return_type, field_nodes, info, path, items)
-        loop = _ListLoop(self, run, worker, return_type.of_type, field_nodes, info, path, items)
-        loop.work()
-        loop.wait()
-        return loop.outcome()
+            values = super().complete_list_value(return_type, field_nodes, info, path, items)
+        else:
+            loop = _ListLoop(self, run, worker, return_type.of_type, field_nodes, info, path, items)
+            loop.work()
+            loop.wait()
+            values = loop.outcome()
+        if self._deferrals != deferrals:
+            self._link_items(values, return_type.of_type, path)
+        return values
+
+    # -- request handles: fields completed after their batch, without a greenlet ------
+    #
+    # A resolver may return ``source.request(key)`` (or ``request_all``).  If
+    # the keys are cached the field completes at once.  Otherwise it is
+    # *deferred*: a ``_Deferred`` placeholder stands in its place and is
+    # queued to run after the next fetch.  The loop that collects the
+    # placeholder gives it its slot (container, key) and links each child
+    # container to its parent slot, so that a deferred non-null failure can
+    # null the nearest nullable ancestor, as graphql-core's exceptions would.
+    # A deferred field that finishes before its slot is known keeps its
+    # outcome until the loop links it; a failure that reaches a container
+    # whose link is not known yet is held until it is.
+
+    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
+        if type(result) is Request or type(result) is RequestAll:
+            return self._complete_handle(return_type, field_nodes, info, path, result)
+        return _Base.complete_value(self, return_type, field_nodes, info, path, result)
+
+    def _complete_handle(self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any) -> Any:
+        """A resolver returned a request handle: complete now if its keys are in, else later."""
+        run = getattr(getcurrent(), "owner", None)
+        if run is None or handle.ready() or run.dataloader is not handle.source.dataloader:
+            return _Base.complete_value(self, return_type, field_nodes, info, path, handle.load())
+        deferred = _Deferred(self, return_type, field_nodes, info, path, handle)
+        self._deferrals += 1
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = Waitable(run.dataloader, run, 0, self._operation_worker)  # type: ignore[arg-type]
+        pending.remaining += 1
+        run.dataloader._after_fetch(run, deferred)
+        return deferred
+
+    def _complete_deferred(self, deferred: "_Deferred") -> None:
+        """After the fetch: complete a deferred field and put it in its place."""
+        try:
+            deferrals = self._deferrals
+            value = deferred.handle.load()  # in the cache by now (else this job waits)
+            while type(value) is Request or type(value) is RequestAll:  # a handle to a handle
+                value = value.load()
+            completed = _Base.complete_value(
+                self, deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value
+            )
+            if self._deferrals != deferrals and isinstance(completed, (dict, list)):
+                deferred.subtree = completed  # it holds deferred fields of its own
+            deferred.settle(completed, None)
+        except Exception as raw_error:
+            deferred.settle(None, located_error(raw_error, deferred.field_nodes, deferred.path.as_list()))
+        finally:
+            self._pending._finished(1)  # type: ignore[union-attr]
+
+    def _wait_for_deferred(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            pending.wait()
+
+    def _link_fields(
+        self, results: Dict[str, Any], parent_type: Any, path: Any, fields: Dict[str, Any],
+        names: Optional[List[str]] = None,
+    ) -> None:
+        """Give this object's deferred fields their slots; link its child containers to it."""
+        for name in list(results) if names is None else names:
+            value = results[name]
+            if type(value) is _Deferred or isinstance(value, (dict, list)):
+                field_type = get_field_def(self.schema, parent_type, fields[name][0]).type
+                self._link(results, name, value, field_type, Path(path, name, parent_type.name))
+
+    def _link_items(self, values: List[Any], item_type: Any, path: Any) -> None:
+        for index, value in enumerate(values):
+            if type(value) is _Deferred or isinstance(value, (dict, list)):
+                self._link(values, index, value, item_type, path.add_key(index, None))
+
+    def _link(self, container: Any, key: Any, value: Any, field_type: Any, path: Any) -> None:
+        if type(value) is _Deferred:
+            if not value.done:
+                value.container, value.key = container, key
+                return
+            if value.error is not None:  # it failed before its slot was known
+                container[key] = None
+                self._field_error(value.error, field_type, path)  # raises if non-null
+                return
+            container[key] = value = value.value if value.subtree is None else value.subtree
+            if not isinstance(value, (dict, list)):
+                return
+        self._parents[id(value)] = (value, container, key, field_type, path)
+        held = self._held_failures.pop(id(value), None)
+        if held is not None:  # a deferred failure below reached this child before its link
+            container[key] = None
+            self._field_error(held[1], field_type, path)  # raises if non-null
+
+    def _fail_deferred(self, deferred: "_Deferred", error: GraphQLError) -> None:
+        """A deferred field failed after its slot was known: null it, or propagate."""
+        container, key = deferred.container, deferred.key
+        try:
+            self._field_error(error, deferred.return_type, deferred.path)
+        except Exception as propagated:  # non-null: its container fails
+            self._propagate(propagated, container, key)
+        else:
+            container[key] = None
+
+    def _propagate(self, error: Any, container: Any, failed_key: Any) -> None:
+        """Null the nearest nullable ancestor of ``container``, as graphql-core would."""
+        while True:
+            link = self._parents.get(id(container))
+            self._abort_after(container, failed_key, link)
+            if link is None:  # its loop has not linked it yet, or it is the root
+                # The first failure wins: deferred fields complete in the order
+                # they were deferred, so it is the one graphql-core would raise.
+                self._held_failures.setdefault(id(container), (container, error, failed_key))
+                return
+            _, parent, key, field_type, path = link
+            try:
+                self._field_error(error, field_type, path)
+            except Exception as propagated:
+                error, container, failed_key = propagated, parent, key
+            else:
+                parent[key] = None
+                return
+
+    def _abort_after(self, container: Any, failed_key: Any, link: Any) -> None:
+        """graphql-core would not have run the siblings after the failed one: note them."""
+        if isinstance(container, dict):
+            keys = list(container)
+            later = keys[keys.index(failed_key) + 1 :]
+        else:
+            later = list(range(failed_key + 1, len(container)))
+        if later:
+            prefix = link[4].as_list() if link is not None else []
+            self._aborted.append((prefix, set(later)))
 
     # -- errors ---------------------------------------------------------------------
 
@@ -167,6 +326,45 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
             if len(error_path) > depth and error_path[:depth] == prefix and error_path[depth] in keys:
                 return True
         return False
+
+
+class _Deferred:
+    """A field whose resolver returned a handle not fetched yet: placeholder and job."""
+
+    __slots__ = ("context", "return_type", "field_nodes", "info", "path", "handle",
+                 "container", "key", "done", "value", "error", "subtree")
+
+    def __init__(
+        self, context: DataloaderExecutionContext, return_type: Any, field_nodes: Any, info: Any, path: Any,
+        handle: Any,
+    ) -> None:
+        self.context = context
+        self.return_type = return_type
+        self.field_nodes = field_nodes
+        self.info = info
+        self.path = path
+        self.handle = handle
+        self.container: Any = None  # the slot, once the enclosing loop has linked it
+        self.key: Any = None
+        self.done = False
+        self.value: Any = None
+        self.error: Optional[GraphQLError] = None
+        self.subtree: Any = None  # the completed value, if it holds deferred fields itself
+
+    def __call__(self) -> None:  # the job run after the fetch
+        self.context._complete_deferred(self)
+
+    def settle(self, value: Any, error: Optional[GraphQLError]) -> None:
+        if self.container is None:  # not linked yet: the loop will pick it up
+            self.done, self.value, self.error = True, value, error
+            return
+        if error is not None:
+            self.context._fail_deferred(self, error)
+            return
+        self.container[self.key] = value
+        if self.subtree is not None:
+            context = self.context
+            context._parents[id(value)] = (value, self.container, self.key, self.return_type, self.path)
 
 
 class _ExecutionLoop(SplitLoop):

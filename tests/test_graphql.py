@@ -23,6 +23,7 @@ from graphql import (
     GraphQLObjectType,
     GraphQLScalarType,
     GraphQLSchema,
+    ExecutionContext,
     GraphQLString,
     build_schema,
     execute,
@@ -30,7 +31,7 @@ from graphql import (
 )
 from graphql import graphql_sync as plain_graphql_sync
 
-from fiberloader import Dataloader, NullDataloader, Source, current_dataloader
+from fiberloader import Dataloader, NullDataloader, Request, RequestAll, Source, current_dataloader
 from fiberloader.graphql import DataloaderExecutionContext, graphql_sync
 
 USERS = {i: {"id": i, "name": f"user {i}"} for i in range(12)}
@@ -59,6 +60,10 @@ def load(source: Type[Source], key: Any) -> Any:
     return current_dataloader().with_(source).load(key)  # type: ignore[union-attr]
 
 
+def request(source: Type[Source], key: Any) -> Any:
+    return current_dataloader().with_(source).request(key)  # type: ignore[union-attr]
+
+
 SDL = """
 scalar Upper
 
@@ -74,9 +79,11 @@ type Query {
   shout(text: String!): Upper
   failing: String
   strict: String!
+  usersH(ids: [Int!]!): [User]
+  nodeH(id: Int!): Node
 }
 
-type Mutation { rename(id: Int!, name: String!): User }
+type Mutation { rename(id: Int!, name: String!): User renameH(id: Int!, name: String!): User }
 
 type Post implements Node {
   id: Int!
@@ -86,9 +93,13 @@ type Post implements Node {
   comments: [Comment!]!
   laterError: String
   missingAuthor: User!
+  authorH: User
+  strictAuthorH: User!
+  commentsH: [Comment!]!
+  missingAuthorH: User!
 }
 
-type Comment { id: Int! body: String! author: User }
+type Comment { id: Int! body: String! author: User authorH: User }
 
 type User implements Node { id: Int! name: String! posts: [Post!]! }
 """
@@ -118,6 +129,15 @@ def make_schema() -> GraphQLSchema:
     pf["laterError"].resolve = lambda p, info: (_ for _ in ()).throw(RuntimeError(f"later {p['id']}"))
     pf["missingAuthor"].resolve = lambda p, info: load(Users, 999) if p["id"] % 5 == 4 else load(Users, 1)
     comment.fields["author"].resolve = lambda c, info: load(Users, c["author_id"])  # type: ignore[union-attr]
+    # The same fields through request handles (the fast path):
+    pf["authorH"].resolve = lambda p, info: request(Users, p["author_id"])
+    pf["strictAuthorH"].resolve = lambda p, info: request(Users, p["author_id"] + 100 if p["id"] == 3 else p["author_id"])
+    pf["commentsH"].resolve = lambda p, info: request(CommentsOf, p["id"])
+    pf["missingAuthorH"].resolve = lambda p, info: request(Users, 999 if p["id"] % 5 == 4 else 1)
+    comment.fields["authorH"].resolve = lambda c, info: request(Users, c["author_id"])  # type: ignore[union-attr]
+    fields["usersH"].resolve = lambda _, info, ids: current_dataloader().with_(Users).request_all(ids)  # type: ignore[union-attr]
+    fields["nodeH"].resolve = lambda _, info, id: request(Users, id)
+    schema.mutation_type.fields["renameH"].resolve = lambda *a, **k: (rename(*a, **k), request(Users, k["id"]))[1]  # type: ignore[union-attr]
     user.fields["posts"].resolve = lambda u, info: [p for p in POSTS if p["author_id"] == u["id"]]  # type: ignore[union-attr]
     schema.mutation_type.fields["rename"].resolve = rename  # type: ignore[union-attr]
     return schema
@@ -150,13 +170,33 @@ QUERIES = {
     "non-null failure in list item nulls whole list": "{ posts { id missingAuthor { name } laterError } }",
     "non-null root field": "{ posts(first: 2) { id } strict }",
     "missing key is a located error": "{ posts(first: 5) { id missingAuthor { id } } }",
+    # request handles, alone and mixed with plain loads:
+    "handles: nested lists": "{ posts { title authorH { name } commentsH { body authorH { name } } } }",
+    "handles mixed with loads": "{ posts { authorH { name } comments { authorH { name } author { id } } commentsH { author { name } } } }",
+    "handles: request_all list": "{ usersH(ids: [3, 1, 3, 9]) { id name } }",
+    "handles: abstract type": "{ nodeH(id: 5) { id ... on User { name } } }",
+    "handles: non-null error nulls the post": "{ posts(first: 6) { id strictAuthorH { name } commentsH { body } } }",
+    "handles: later siblings dropped": "{ post(id: 3) { strictAuthorH { name } laterError authorH { name } } }",
+    "handles: failure in list item nulls list": "{ posts { id missingAuthorH { name } laterError } }",
+    "handles: failure reaches the root": "{ posts(first: 5) { id missingAuthorH { id } } }",
+    "handles: failure nulls nullable parent": "{ post(id: 4) { id missingAuthorH { name } authorH { name } } }",
+    "handles: deep mix": "{ posts(first: 8) { commentsH { authorH { posts { authorH { name } strictAuthorH { id } } } } } }",
 }
+
+
+class Loading(ExecutionContext):
+    """Plain graphql-core, except that a returned handle is loaded on the spot."""
+
+    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
+        if isinstance(result, (Request, RequestAll)):
+            result = result.load()
+        return super().complete_value(return_type, field_nodes, info, path, result)
 
 
 def reference(query: str, variables: Any = None) -> Any:
     """Plain graphql-core, loads fetched one key at a time."""
     return NullDataloader.with_dataloading(
-        lambda dl: execute(SCHEMA, parse(query), variable_values=variables)
+        lambda dl: execute(SCHEMA, parse(query), variable_values=variables, execution_context_class=Loading)
     )
 
 
