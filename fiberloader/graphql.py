@@ -64,7 +64,12 @@ __all__ = ["DataloaderExecutionContext", "graphql_sync"]
 
 # `import graphql.execution.execute` gives the function the package re-exports.
 _execute = importlib.import_module("graphql.execution.execute")
-_Base: Any = getattr(_execute, "ExecutionContext", None) or getattr(_execute, "Executor")
+_Base: Any = getattr(_execute, "ExecutionContext", None)
+if _Base is None:  # graphql-core 3.3 renamed it Executor, with other internals
+    raise ImportError(
+        "fiberloader.graphql supports graphql-core 3.2 so far; graphql-core 3.3 (Executor) "
+        "support is not written yet. Install graphql-core>=3.2,<3.3."
+    )
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
 
