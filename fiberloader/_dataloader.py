@@ -575,8 +575,7 @@ class Dataloader:
             self._deliver(idle.pop(), task)
             return
         variables = self.get_fiber_variables()
-        worker = Worker(self._work, self._worker_parent(run))
-        worker.owner = run
+        worker = Worker(self._work, self._worker_parent(run), run)
         run.workers[worker] = None
         stats = self.stats
         stats.greenlets += 1

@@ -41,13 +41,21 @@ def current_dataloader() -> "Optional[Dataloader]":
 
 
 class Worker(greenlet):
-    """A greenlet that runs jobs and fetches for one run of a dataloader."""
+    """A greenlet that runs jobs and fetches for one run of a dataloader.
 
-    owner: Any = None  # the run this worker belongs to
-    waiting: Any = None  # what it is parked on: (source, keys) or a map group
-    batch: Any = None  # (source, batch) while it runs a fetch
-    groups: Any = None  # the map() loops running on its stack, outermost first
-    pending: Any = None  # a concurrent scheduler's delivery not yet made (a loop callback)
+    Slots rather than instance attributes: no dict per greenlet, one
+    allocation less for the garbage collector to count and walk.
+    """
+
+    __slots__ = ("owner", "waiting", "batch", "groups", "pending")
+
+    def __init__(self, run: Any, parent: Any, owner: Any) -> None:
+        super().__init__(run, parent)
+        self.owner = owner  # the run this worker belongs to
+        self.waiting: Any = None  # what it is parked on: (source, keys) or a loop
+        self.batch: Any = None  # (source, batch) while it runs a fetch
+        self.groups: Any = None  # the split loops running on its stack, outermost first
+        self.pending: Any = None  # a concurrent scheduler's delivery not yet made
 
 
 def copy_error(error: BaseException) -> BaseException:
