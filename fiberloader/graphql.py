@@ -49,7 +49,6 @@ import inspect
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from graphql import GraphQLError, located_error
-from graphql.execution.execute import get_field_def
 from graphql import graphql_sync as _graphql_sync
 from graphql.pyutils import Path, Undefined, is_iterable
 from greenlet import getcurrent
@@ -60,33 +59,30 @@ from ._loops import SplitLoop, Waitable
 from ._settings import dataloader_class
 from ._source import Request, RequestAll
 
-__all__ = ["DataloaderExecutionContext", "graphql_sync"]
+__all__ = ["DataloaderExecutionContext", "DataloaderExecutor", "graphql_sync"]
 
 # `import graphql.execution.execute` gives the function the package re-exports.
 _execute = importlib.import_module("graphql.execution.execute")
 _Base: Any = getattr(_execute, "ExecutionContext", None)
-if _Base is None:  # graphql-core 3.3 renamed it Executor, with other internals
-    raise ImportError(
-        "fiberloader.graphql supports graphql-core 3.2 so far; graphql-core 3.3 (Executor) "
-        "support is not written yet. Install graphql-core>=3.2,<3.3."
-    )
+GRAPHQL_CORE_3_3 = _Base is None  # 3.3 renamed it Executor, with other signatures
+if GRAPHQL_CORE_3_3:
+    _Base = importlib.import_module("graphql.execution.executor").Executor
+    from graphql.execution.executor import to_nodes as _to_nodes  # type: ignore[import-not-found]
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
 
 
-class DataloaderExecutionContext(_Base):  # type: ignore[misc]
-    """An ``ExecutionContext`` whose resolvers may ``load`` with plain calls.
+class _Batching:
+    """What both graphql-core versions share: split loops, deferred handles, errors.
 
-    Pass it as ``execution_context_class=`` to graphql-core's ``execute``,
-    ``execute_sync``, ``graphql_sync``, or a server that accepts one.
-    Set ``dataloader_setting`` on a subclass to pick a scheduler for
-    executions that start their own dataloader (default: the setting chain
-    of ``fiberloader.dataloader_class()``).
+    The version classes below adapt graphql-core's method signatures to it:
+    ``extra`` is the tail of arguments 3.3 added (``position_context``).
     """
 
     dataloader_setting: Any = None
 
-    def execute_operation(self, operation: Any, root_value: Any) -> Any:
+    def _in_dataloader(self, execute: Any) -> Any:
+        """Run ``execute()`` as a job: of the running dataloader, else of a new one."""
         self._aborted: List[Tuple[List[Any], Set[Any]]] = []
         self._deferrals = 0  # fields deferred so far (request handles)
         self._pending: Optional[Waitable] = None  # deferred completions not done yet
@@ -98,14 +94,15 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
         self._held_failures: Dict[int, Tuple[Any, Any, Any]] = {}
         dataloader = current_dataloader()
         if dataloader is not None and dataloader._caller()[1] is not None:
-            return self._execute_in_job(operation, root_value)  # already in a job: batch with it
+            return execute()  # already in a job: batch with it
         scheduler = dataloader_class(self.dataloader_setting)
-        return scheduler.with_dataloading(lambda _: self._execute_in_job(operation, root_value))
+        return scheduler.with_dataloading(lambda _: execute())
 
-    def _execute_in_job(self, operation: Any, root_value: Any) -> Any:
+    def _execute_root(self, execute: Any) -> Any:
+        """Execute the root fields; wait for deferred ones; apply their failures."""
         self._operation_worker = getcurrent()
         try:
-            data = super().execute_operation(operation, root_value)
+            data = execute()
             self._wait_for_deferred()
             held = self._held_failures.pop(id(data), None)
             if held is not None:  # a deferred non-null failure reached the root
@@ -114,14 +111,15 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
         finally:
             self._drop_errors_of_aborted_siblings()
 
-    def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]) -> Any:
+    def _fields(self, plain: Any, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
+        """execute_fields: the fields of one object as a split loop."""
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         deferrals = self._deferrals
         if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
-            results = super().execute_fields(parent_type, source_value, path, fields)
+            results = plain(parent_type, source_value, path, fields, *extra)
         else:
-            loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, fields)
+            loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, fields, extra)
             loop.work()
             loop.wait()
             results = loop.outcome()
@@ -129,17 +127,16 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
             self._link_fields(results, parent_type, path, fields)
         return results
 
-    def execute_fields_serially(
-        self, parent_type: Any, source_value: Any, path: Any, fields: Dict[str, Any]
-    ) -> Any:
+    def _fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
+        """execute_fields_serially: top-level mutation fields, one after another."""
         dataloader = current_dataloader()
         results = {}
         for response_name, field_nodes in fields.items():
             if dataloader is not None:
                 dataloader.clear_cache()  # each mutation sees what the previous ones wrote
             deferrals = self._deferrals
-            result = self.execute_field(
-                parent_type, source_value, field_nodes, Path(path, response_name, parent_type.name)
+            result = self.execute_field(  # type: ignore[attr-defined]
+                parent_type, source_value, field_nodes, Path(path, response_name, parent_type.name), *extra
             )
             if result is not Undefined:
                 results[response_name] = result
@@ -148,24 +145,20 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
                     self._wait_for_deferred()  # this mutation is done before the next starts
         return results
 
-    def complete_list_value(
-        self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any
-    ) -> Any:
+    def _items(self, plain: Any, item_type: Any, field_nodes: Any, info: Any, path: Any, items: List[Any], extra: Tuple[Any, ...]) -> Any:
+        """The items of one list value as a split loop (``plain`` for short lists)."""
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
-        if run is None or not is_iterable(result):
-            return super().complete_list_value(return_type, field_nodes, info, path, result)
-        items = list(result)
         deferrals = self._deferrals
-        if len(items) < 2:
-            values = super().complete_list_value(return_type, field_nodes, info, path, items)
+        if run is None or len(items) < 2:
+            values = plain(items)
         else:
-            loop = _ListLoop(self, run, worker, return_type.of_type, field_nodes, info, path, items)
+            loop = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra)
             loop.work()
             loop.wait()
             values = loop.outcome()
         if self._deferrals != deferrals:
-            self._link_items(values, return_type.of_type, path)
+            self._link_items(values, item_type, path)
         return values
 
     # -- request handles: fields completed after their batch, without a greenlet ------
@@ -181,17 +174,14 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
     # outcome until the loop links it; a failure that reaches a container
     # whose link is not known yet is held until it is.
 
-    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
-        if type(result) is Request or type(result) is RequestAll:
-            return self._complete_handle(return_type, field_nodes, info, path, result)
-        return _Base.complete_value(self, return_type, field_nodes, info, path, result)
-
-    def _complete_handle(self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any) -> Any:
+    def _complete_handle(
+        self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any, extra: Tuple[Any, ...]
+    ) -> Any:
         """A resolver returned a request handle: complete now if its keys are in, else later."""
         run = getattr(getcurrent(), "owner", None)
         if run is None or handle.ready() or run.dataloader is not handle.source.dataloader:
-            return _Base.complete_value(self, return_type, field_nodes, info, path, handle.load())
-        deferred = _Deferred(self, return_type, field_nodes, info, path, handle)
+            return _Base.complete_value(self, return_type, field_nodes, info, path, handle.load(), *extra)
+        deferred = _Deferred(self, return_type, field_nodes, info, path, handle, extra)
         self._deferrals += 1
         pending = self._pending
         if pending is None:
@@ -208,13 +198,14 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
             while type(value) is Request or type(value) is RequestAll:  # a handle to a handle
                 value = value.load()
             completed = _Base.complete_value(
-                self, deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value
+                self, deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value,
+                *deferred.extra,
             )
             if self._deferrals != deferrals and isinstance(completed, (dict, list)):
                 deferred.subtree = completed  # it holds deferred fields of its own
             deferred.settle(completed, None)
         except Exception as raw_error:
-            deferred.settle(None, located_error(raw_error, deferred.field_nodes, deferred.path.as_list()))
+            deferred.settle(None, self._locate(raw_error, deferred.field_nodes, deferred.path))
         finally:
             self._pending._finished(1)  # type: ignore[union-attr]
 
@@ -231,7 +222,7 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
         for name in list(results) if names is None else names:
             value = results[name]
             if type(value) is _Deferred or isinstance(value, (dict, list)):
-                field_type = get_field_def(self.schema, parent_type, fields[name][0]).type
+                field_type = self._field_type(parent_type, fields[name])
                 self._link(results, name, value, field_type, Path(path, name, parent_type.name))
 
     def _link_items(self, values: List[Any], item_type: Any, path: Any) -> None:
@@ -299,15 +290,25 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
 
     # -- errors ---------------------------------------------------------------------
 
+    # -- what differs between graphql-core versions ------------------------------------
+
     def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
-        if _ERROR_HANDLER_TAKES_PATH:
-            self.handle_field_error(error, return_type, path)
-        else:
-            self.handle_field_error(error, return_type)
+        """Record a located error, or raise it for a non-null type (handle_field_error)."""
+        raise NotImplementedError
+
+    def _item_failed(self, raw_error: Exception, item_type: Any, field_nodes: Any, item_path: Any) -> None:
+        """A list item raised: locate it, then as ``_field_error``."""
+        self._field_error(self._locate(raw_error, field_nodes, item_path), item_type, item_path)
+
+    def _locate(self, raw_error: Exception, field_nodes: Any, path: Any) -> GraphQLError:
+        return located_error(raw_error, field_nodes, path.as_list())
+
+    def _field_type(self, parent_type: Any, field_nodes: Any) -> Any:
+        return _execute.get_field_def(self.schema, parent_type, field_nodes[0]).type  # type: ignore[attr-defined]
 
     def _errors_list(self) -> List[GraphQLError]:
         collected = getattr(self, "collected_errors", None)
-        return collected.errors if collected is not None else self.errors  # type: ignore[no-any-return]
+        return collected.errors if collected is not None else self.errors  # type: ignore[attr-defined, no-any-return]
 
     def _drop_errors_of_aborted_siblings(self) -> None:
         """Remove errors recorded by siblings that ran only because a loop was split.
@@ -336,14 +337,15 @@ class DataloaderExecutionContext(_Base):  # type: ignore[misc]
 class _Deferred:
     """A field whose resolver returned a handle not fetched yet: placeholder and job."""
 
-    __slots__ = ("context", "return_type", "field_nodes", "info", "path", "handle",
+    __slots__ = ("context", "return_type", "field_nodes", "info", "path", "handle", "extra",
                  "container", "key", "done", "value", "error", "subtree")
 
     def __init__(
-        self, context: DataloaderExecutionContext, return_type: Any, field_nodes: Any, info: Any, path: Any,
-        handle: Any,
+        self, context: _Batching, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any,
+        extra: Tuple[Any, ...],
     ) -> None:
         self.context = context
+        self.extra = extra
         self.return_type = return_type
         self.field_nodes = field_nodes
         self.info = info
@@ -375,11 +377,14 @@ class _Deferred:
 class _ExecutionLoop(SplitLoop):
     """A split loop of the executor: stops at the first item that raises, like graphql-core."""
 
-    __slots__ = ("context", "path", "results", "failure", "failed_at", "started")
+    __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started")
 
-    def __init__(self, context: DataloaderExecutionContext, run: Any, owner: Worker, path: Any, items: List[Any]) -> None:
+    def __init__(
+        self, context: _Batching, run: Any, owner: Worker, path: Any, items: List[Any], extra: Tuple[Any, ...]
+    ) -> None:
         super().__init__(_dataloader_of(run), run, items, owner)
         self.context = context
+        self.extra = extra
         self.path = path
         self.results: List[Any] = [None] * len(items)
         self.failure: Optional[BaseException] = None
@@ -408,10 +413,10 @@ class _FieldsLoop(_ExecutionLoop):
     __slots__ = ("parent_type", "source")
 
     def __init__(
-        self, context: DataloaderExecutionContext, run: Any, owner: Worker, parent_type: Any, source: Any,
-        path: Any, fields: Dict[str, Any],
+        self, context: _Batching, run: Any, owner: Worker, parent_type: Any, source: Any,
+        path: Any, fields: Dict[str, Any], extra: Tuple[Any, ...],
     ) -> None:
-        super().__init__(context, run, owner, path, list(fields.items()))
+        super().__init__(context, run, owner, path, list(fields.items()), extra)
         self.parent_type = parent_type
         self.source = source
 
@@ -419,8 +424,9 @@ class _FieldsLoop(_ExecutionLoop):
         response_name, field_nodes = self.items[index]
         parent_type = self.parent_type
         try:
-            self.results[index] = self.context.execute_field(
-                parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name)
+            self.results[index] = self.context.execute_field(  # type: ignore[attr-defined]
+                parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name),
+                *self.extra,
             )
         except Exception as error:  # a non-null field failed: its parent fails too
             self.failed(index, error)
@@ -439,10 +445,10 @@ class _ListLoop(_ExecutionLoop):
     __slots__ = ("item_type", "field_nodes", "info", "values")
 
     def __init__(
-        self, context: DataloaderExecutionContext, run: Any, owner: Worker, item_type: Any, field_nodes: Any,
-        info: Any, path: Any, values: List[Any],
+        self, context: _Batching, run: Any, owner: Worker, item_type: Any, field_nodes: Any,
+        info: Any, path: Any, values: List[Any], extra: Tuple[Any, ...],
     ) -> None:
-        super().__init__(context, run, owner, path, values)
+        super().__init__(context, run, owner, path, values, extra)
         self.item_type = item_type
         self.field_nodes = field_nodes
         self.info = info
@@ -451,13 +457,12 @@ class _ListLoop(_ExecutionLoop):
         context = self.context
         item_path = self.path.add_key(index, None)
         try:
-            self.results[index] = context.complete_value(
-                self.item_type, self.field_nodes, self.info, item_path, self.items[index]
+            self.results[index] = context.complete_value(  # type: ignore[attr-defined]
+                self.item_type, self.field_nodes, self.info, item_path, self.items[index], *self.extra
             )
         except Exception as raw_error:
-            error = located_error(raw_error, self.field_nodes, item_path.as_list())
             try:
-                context._field_error(error, self.item_type, item_path)
+                context._item_failed(raw_error, self.item_type, self.field_nodes, item_path)
             except Exception as propagated:  # a non-null item failed: the list fails
                 self.failed(index, propagated)
 
@@ -467,17 +472,123 @@ class _ListLoop(_ExecutionLoop):
         return self.results
 
 
+if not GRAPHQL_CORE_3_3:
+
+    class DataloaderExecutionContext(_Batching, _Base):  # type: ignore[misc]
+        """An ``ExecutionContext`` whose resolvers may ``load`` with plain calls.
+
+        Pass it as ``execution_context_class=`` to graphql-core's ``execute``,
+        ``execute_sync``, ``graphql_sync``, or a server that accepts one.  Set
+        ``dataloader_setting`` on a subclass to pick a scheduler for executions
+        that start their own dataloader (default: the setting chain of
+        ``fiberloader.dataloader_class()``).
+        """
+
+        def execute_operation(self, operation: Any, root_value: Any) -> Any:
+            parent: Any = super()
+            return self._in_dataloader(
+                lambda: self._execute_root(lambda: parent.execute_operation(operation, root_value))
+            )
+
+        def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any) -> Any:
+            return self._fields(super().execute_fields, parent_type, source_value, path, fields, ())
+
+        def execute_fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any) -> Any:
+            return self._fields_serially(parent_type, source_value, path, fields, ())
+
+        def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
+            if type(result) is Request or type(result) is RequestAll:
+                return self._complete_handle(return_type, field_nodes, info, path, result, ())
+            return _Base.complete_value(self, return_type, field_nodes, info, path, result)
+
+        def complete_list_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
+            if not is_iterable(result) or getattr(getcurrent(), "owner", None) is None:
+                return super().complete_list_value(return_type, field_nodes, info, path, result)
+            parent: Any = super()
+            return self._items(
+                lambda items: parent.complete_list_value(return_type, field_nodes, info, path, items),
+                return_type.of_type, field_nodes, info, path, list(result), (),
+            )
+
+        def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
+            if _ERROR_HANDLER_TAKES_PATH:
+                self.handle_field_error(error, return_type, path)
+            else:
+                self.handle_field_error(error, return_type)
+
+    DataloaderExecutor = DataloaderExecutionContext
+
+else:
+
+    class DataloaderExecutor(_Batching, _Base):  # type: ignore[no-redef, misc]
+        """graphql-core 3.3's ``Executor`` whose resolvers may ``load`` with plain calls.
+
+        Pass it as ``executor_class=``.  Incremental delivery (``@defer``,
+        ``@stream``) runs as graphql-core does it, without batching across
+        deferred parts.
+        """
+
+        def execute_operation(self, serially: Any = None) -> Any:
+            parent: Any = super()
+            return self._in_dataloader(lambda: parent.execute_operation(serially))
+
+        def execute_collected_root_fields(self, *args: Any) -> Any:
+            parent: Any = super()
+            return self._execute_root(lambda: parent.execute_collected_root_fields(*args))
+
+        def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any, position_context: Any) -> Any:
+            return self._fields(super().execute_fields, parent_type, source_value, path, fields, (position_context,))
+
+        def execute_fields_serially(
+            self, parent_type: Any, source_value: Any, path: Any, fields: Any, position_context: Any
+        ) -> Any:
+            return self._fields_serially(parent_type, source_value, path, fields, (position_context,))
+
+        def complete_value(
+            self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any, position_context: Any
+        ) -> Any:
+            if type(result) is Request or type(result) is RequestAll:
+                return self._complete_handle(return_type, field_nodes, info, path, result, (position_context,))
+            return _Base.complete_value(self, return_type, field_nodes, info, path, result, position_context)
+
+        def complete_iterable_value(
+            self, item_type: Any, field_nodes: Any, info: Any, path: Any, items: Any, position_context: Any
+        ) -> Any:
+            if getattr(getcurrent(), "owner", None) is None:
+                return super().complete_iterable_value(item_type, field_nodes, info, path, items, position_context)
+            parent: Any = super()
+            return self._items(
+                lambda values: parent.complete_iterable_value(item_type, field_nodes, info, path, values, position_context),
+                item_type, field_nodes, info, path, list(items), (position_context,),
+            )
+
+        def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
+            self.handle_field_error(error, return_type, (), path)
+
+        def _item_failed(self, raw_error: Exception, item_type: Any, field_nodes: Any, item_path: Any) -> None:
+            self.handle_field_error(raw_error, item_type, field_nodes, item_path)
+
+        def _locate(self, raw_error: Exception, field_nodes: Any, path: Any) -> GraphQLError:
+            return located_error(raw_error, _to_nodes(field_nodes), path.as_list())
+
+        def _field_type(self, parent_type: Any, field_nodes: Any) -> Any:
+            return self.schema.get_field(parent_type, field_nodes[0].node.name.value).type
+
+    DataloaderExecutionContext = DataloaderExecutor  # type: ignore[misc]
+
+
 def _dataloader_of(run: Any) -> Dataloader:
     return run.dataloader  # type: ignore[no-any-return]
 
 
 def graphql_sync(schema: Any, source: Any, **kwargs: Any) -> Any:
-    """graphql-core's ``graphql_sync`` with :class:`DataloaderExecutionContext`.
+    """graphql-core's ``graphql_sync`` with fiberloader's execution context.
 
-    Takes the same arguments; works with graphql-core 3.2 and 3.3.
+    Takes the same arguments; works with graphql-core 3.2
+    (``execution_context_class``) and 3.3 (``executor_class``).
     """
-    if "executor_class" in inspect.signature(_graphql_sync).parameters:  # graphql-core 3.3
-        kwargs.setdefault("executor_class", DataloaderExecutionContext)
+    if GRAPHQL_CORE_3_3:
+        kwargs.setdefault("executor_class", DataloaderExecutor)
     else:
         kwargs.setdefault("execution_context_class", DataloaderExecutionContext)
     return _graphql_sync(schema, source, **kwargs)

@@ -23,7 +23,6 @@ from graphql import (
     GraphQLObjectType,
     GraphQLScalarType,
     GraphQLSchema,
-    ExecutionContext,
     GraphQLString,
     build_schema,
     execute,
@@ -32,7 +31,16 @@ from graphql import (
 from graphql import graphql_sync as plain_graphql_sync
 
 from fiberloader import Dataloader, NullDataloader, Request, RequestAll, Source, current_dataloader
-from fiberloader.graphql import DataloaderExecutionContext, graphql_sync
+from fiberloader.graphql import GRAPHQL_CORE_3_3, DataloaderExecutionContext, graphql_sync
+
+if GRAPHQL_CORE_3_3:  # graphql-core 3.3 renamed ExecutionContext to Executor
+    from graphql import Executor as ExecutionContext
+
+    CONTEXT = "executor_class"
+else:
+    from graphql import ExecutionContext
+
+    CONTEXT = "execution_context_class"
 
 USERS = {i: {"id": i, "name": f"user {i}"} for i in range(12)}
 POSTS = [{"id": i, "title": f"post {i}", "author_id": i % 7} for i in range(20)]
@@ -187,16 +195,16 @@ QUERIES = {
 class Loading(ExecutionContext):
     """Plain graphql-core, except that a returned handle is loaded on the spot."""
 
-    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
+    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any, *extra: Any) -> Any:
         if isinstance(result, (Request, RequestAll)):
             result = result.load()
-        return super().complete_value(return_type, field_nodes, info, path, result)
+        return super().complete_value(return_type, field_nodes, info, path, result, *extra)
 
 
 def reference(query: str, variables: Any = None) -> Any:
     """Plain graphql-core, loads fetched one key at a time."""
     return NullDataloader.with_dataloading(
-        lambda dl: execute(SCHEMA, parse(query), variable_values=variables, execution_context_class=Loading)
+        lambda dl: execute(SCHEMA, parse(query), variable_values=variables, **{CONTEXT: Loading})
     )
 
 
@@ -214,15 +222,15 @@ def setting(request: Any) -> str:
 def test_results_equal_plain_graphql_core(name: str, setting: str) -> None:
     query = QUERIES[name]
     want = reference(query)
-    got = graphql_sync(SCHEMA, query, execution_context_class=type(
-        "Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting}))
+    got = graphql_sync(SCHEMA, query, **{CONTEXT: type(
+        "Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})})
     assert normal(got) == normal(want)
 
 
 def run_counted(query: str, setting: str = "sync") -> Any:
     Log.calls = []
     context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
-    result = graphql_sync(SCHEMA, query, execution_context_class=context_class)
+    result = graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
     return result, Log.calls
 
 
@@ -266,7 +274,7 @@ def test_mutations_run_serially_each_seeing_the_last(setting: str) -> None:
     try:
         query = 'mutation { a: rename(id: 1, name: "one") { name } b: rename(id: 1, name: "uno") { name } }'
         context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
-        result = graphql_sync(SCHEMA, query, execution_context_class=context_class)
+        result = graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
     finally:
         USERS.clear()
         USERS.update(saved)
@@ -278,7 +286,7 @@ def test_runs_inside_an_already_running_dataloader_and_batches_with_it() -> None
     def view(dl: Dataloader) -> Any:
         handle = dl.with_(Users).request(11)  # the request's own pending key
         result = execute(SCHEMA, parse("{ posts(first: 3) { author { name } } }"),
-                         execution_context_class=DataloaderExecutionContext)
+                         **{CONTEXT: DataloaderExecutionContext})
         return result, handle.load(), current_dataloader() is dl
 
     Log.calls = []
@@ -312,4 +320,4 @@ def test_dataloader_setting_comes_from_the_environment(monkeypatch: Any) -> None
 def test_no_greenlet_outlives_an_execution(no_leaked_greenlets: Any, setting: str) -> None:
     context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
     for query in QUERIES.values():
-        graphql_sync(SCHEMA, query, execution_context_class=context_class)
+        graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
