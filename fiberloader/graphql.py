@@ -70,6 +70,7 @@ if GRAPHQL_CORE_3_3:
     from graphql.execution.executor import to_nodes as _to_nodes  # type: ignore[import-not-found]
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
+_base_complete_value = _Base.complete_value
 
 
 class _Batching:
@@ -92,6 +93,9 @@ class _Batching:
         # id(container) -> (container, error, key): a deferred failure that
         # reached a container whose own parent link is not known yet.
         self._held_failures: Dict[int, Tuple[Any, Any, Any]] = {}
+        # id(fields dict) -> (the dict, its items): graphql-core caches the
+        # dicts for the execution; the dict is kept so its id stays its own.
+        self._field_items: Dict[int, Tuple[Any, List[Any]]] = {}
         dataloader = current_dataloader()
         if dataloader is not None and dataloader._caller()[1] is not None:
             return execute()  # already in a job: batch with it
@@ -119,10 +123,10 @@ class _Batching:
         if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
             results = plain(parent_type, source_value, path, fields, *extra)
         else:
-            loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, fields, extra)
-            loop.work()
-            loop.wait()
-            results = loop.outcome()
+            items = self._field_items.get(id(fields))
+            if items is None:  # the same fields dict serves every object of a list
+                items = self._field_items[id(fields)] = (fields, list(fields.items()))
+            results = _FieldsLoop(self, run, worker, parent_type, source_value, path, items[1], extra).run_as_owner()
         if self._deferrals != deferrals:
             self._link_fields(results, parent_type, path, fields)
         return results
@@ -153,10 +157,7 @@ class _Batching:
         if run is None or len(items) < 2:
             values = plain(items)
         else:
-            loop = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra)
-            loop.work()
-            loop.wait()
-            values = loop.outcome()
+            values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner()
         if self._deferrals != deferrals:
             self._link_items(values, item_type, path)
         return values
@@ -375,21 +376,44 @@ class _Deferred:
 
 
 class _ExecutionLoop(SplitLoop):
-    """A split loop of the executor: stops at the first item that raises, like graphql-core."""
+    """A split loop of the executor: stops at the first item that raises, like graphql-core.
 
-    __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started")
+    The owner runs its items with ``run_as_owner``, a loop written out for
+    speed: while no helper has started an item, it puts each result straight
+    into the container, in order -- graphql-core's own loop plus a few
+    attribute updates.  Once a helper has started (``results`` exists), the
+    owner stores by index too, and collects the rest after waiting.
+    """
+
+    __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started", "prefix")
 
     def __init__(
         self, context: _Batching, run: Any, owner: Worker, path: Any, items: List[Any], extra: Tuple[Any, ...]
     ) -> None:
-        super().__init__(_dataloader_of(run), run, items, owner)
+        # Written out rather than through super(): one of these per object.
+        self.dataloader = run.dataloader
+        self.run = run
+        self.remaining = len(items)
+        self.owner = owner
+        self.waiting = False
+        self.items = items
+        self.next = 0
+        self.helper_queued = False
         self.context = context
         self.extra = extra
         self.path = path
-        self.results: List[Any] = [None] * len(items)
+        self.results: Optional[List[Any]] = None  # by index, once a helper has started
         self.failure: Optional[BaseException] = None
         self.failed_at = len(items)
         self.started = 0
+        self.prefix = 0  # items the owner put straight into the container
+
+    def store(self, index: int, value: Any) -> None:
+        """A helper's result (or the owner's, once a helper has started)."""
+        results = self.results
+        if results is None:
+            results = self.results = [Undefined] * len(self.items)
+        results[index] = value
 
     def failed(self, index: int, error: BaseException) -> None:
         if index < self.failed_at:
@@ -406,6 +430,13 @@ class _ExecutionLoop(SplitLoop):
             self.context._aborted.append((prefix, set(later)))
         raise self.failure  # type: ignore[misc]
 
+    def enter(self) -> List[Any]:
+        groups = self.owner.groups
+        if groups is None:
+            groups = self.owner.groups = []
+        groups.append(self)
+        return groups  # type: ignore[no-any-return]
+
 
 class _FieldsLoop(_ExecutionLoop):
     """The fields of one object."""
@@ -414,35 +445,73 @@ class _FieldsLoop(_ExecutionLoop):
 
     def __init__(
         self, context: _Batching, run: Any, owner: Worker, parent_type: Any, source: Any,
-        path: Any, fields: Dict[str, Any], extra: Tuple[Any, ...],
+        path: Any, items: List[Any], extra: Tuple[Any, ...],
     ) -> None:
-        super().__init__(context, run, owner, path, list(fields.items()), extra)
+        super().__init__(context, run, owner, path, items, extra)
         self.parent_type = parent_type
         self.source = source
+
+    def run_as_owner(self) -> Dict[str, Any]:
+        items, n = self.items, len(self.items)
+        parent_type, source, path, extra = self.parent_type, self.source, self.path, self.extra
+        type_name = parent_type.name
+        execute_field = self.context.execute_field  # type: ignore[attr-defined]
+        concurrent = self.run.wake is not None
+        results: Dict[str, Any] = {}
+        groups = self.enter()
+        try:
+            while self.next < n:
+                index = self.next
+                self.next = index + 1
+                if concurrent and self.next < n:
+                    self.dataloader._split(self.run, self)
+                name, field_nodes = items[index]
+                try:
+                    if extra:
+                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name), *extra)
+                    else:
+                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
+                except Exception as error:  # a non-null field failed: its parent fails too
+                    self.failed(index, error)
+                else:
+                    if self.results is None:
+                        if value is not Undefined:
+                            results[name] = value
+                        self.prefix = index + 1
+                    else:
+                        self.store(index, value)
+                finally:
+                    self.remaining -= 1  # _finished, inlined: the owner is not waiting now
+        finally:
+            groups.pop()
+        self.wait()
+        if self.failure is not None:
+            self.raise_failure([name for name, _ in items])
+        if self.results is not None:
+            for index in range(self.prefix, n):
+                value = self.results[index]
+                if value is not Undefined:
+                    results[items[index][0]] = value
+        return results
 
     def run_item(self, index: int) -> None:
         response_name, field_nodes = self.items[index]
         parent_type = self.parent_type
         try:
-            self.results[index] = self.context.execute_field(  # type: ignore[attr-defined]
+            value = self.context.execute_field(  # type: ignore[attr-defined]
                 parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name),
                 *self.extra,
             )
         except Exception as error:  # a non-null field failed: its parent fails too
             self.failed(index, error)
-
-    def outcome(self) -> Dict[str, Any]:
-        if self.failure is not None:
-            self.raise_failure([name for name, _ in self.items])
-        return {
-            name: value for (name, _), value in zip(self.items, self.results) if value is not Undefined
-        }
+        else:
+            self.store(index, value)
 
 
 class _ListLoop(_ExecutionLoop):
     """The items of one list value."""
 
-    __slots__ = ("item_type", "field_nodes", "info", "values")
+    __slots__ = ("item_type", "field_nodes", "info")
 
     def __init__(
         self, context: _Batching, run: Any, owner: Worker, item_type: Any, field_nodes: Any,
@@ -453,23 +522,56 @@ class _ListLoop(_ExecutionLoop):
         self.field_nodes = field_nodes
         self.info = info
 
-    def run_item(self, index: int) -> None:
+    def complete_item(self, index: int) -> Any:
         context = self.context
         item_path = self.path.add_key(index, None)
         try:
-            self.results[index] = context.complete_value(  # type: ignore[attr-defined]
+            return context.complete_value(  # type: ignore[attr-defined]
                 self.item_type, self.field_nodes, self.info, item_path, self.items[index], *self.extra
             )
         except Exception as raw_error:
-            try:
-                context._item_failed(raw_error, self.item_type, self.field_nodes, item_path)
-            except Exception as propagated:  # a non-null item failed: the list fails
-                self.failed(index, propagated)
+            context._item_failed(raw_error, self.item_type, self.field_nodes, item_path)  # raises if non-null
+            return None
 
-    def outcome(self) -> List[Any]:
+    def run_as_owner(self) -> List[Any]:
+        n = len(self.items)
+        concurrent = self.run.wake is not None
+        values: List[Any] = []
+        groups = self.enter()
+        try:
+            while self.next < n:
+                index = self.next
+                self.next = index + 1
+                if concurrent and self.next < n:
+                    self.dataloader._split(self.run, self)
+                try:
+                    value = self.complete_item(index)
+                except Exception as error:  # a non-null item failed: the list fails
+                    self.failed(index, error)
+                else:
+                    if self.results is None:
+                        values.append(value)
+                        self.prefix = index + 1
+                    else:
+                        self.store(index, value)
+                finally:
+                    self.remaining -= 1  # _finished, inlined: the owner is not waiting now
+        finally:
+            groups.pop()
+        self.wait()
         if self.failure is not None:
-            self.raise_failure(list(range(len(self.items))))
-        return self.results
+            self.raise_failure(list(range(n)))
+        if self.results is not None:
+            values.extend(self.results[self.prefix :])
+        return values
+
+    def run_item(self, index: int) -> None:
+        try:
+            value = self.complete_item(index)
+        except Exception as error:  # a non-null item failed: the list fails
+            self.failed(index, error)
+        else:
+            self.store(index, value)
 
 
 if not GRAPHQL_CORE_3_3:
@@ -499,7 +601,7 @@ if not GRAPHQL_CORE_3_3:
         def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
             if type(result) is Request or type(result) is RequestAll:
                 return self._complete_handle(return_type, field_nodes, info, path, result, ())
-            return _Base.complete_value(self, return_type, field_nodes, info, path, result)
+            return _base_complete_value(self, return_type, field_nodes, info, path, result)
 
         def complete_list_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
             if not is_iterable(result) or getattr(getcurrent(), "owner", None) is None:
