@@ -71,6 +71,7 @@ if GRAPHQL_CORE_3_3:
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
 _base_complete_value = _Base.complete_value
+_base_execute_fields = _Base.execute_fields
 
 
 class _Batching:
@@ -115,13 +116,13 @@ class _Batching:
         finally:
             self._drop_errors_of_aborted_siblings()
 
-    def _fields(self, plain: Any, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
+    def _fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
         """execute_fields: the fields of one object as a split loop."""
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         deferrals = self._deferrals
         if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
-            results = plain(parent_type, source_value, path, fields, *extra)
+            results = _base_execute_fields(self, parent_type, source_value, path, fields, *extra)
         else:
             items = self._field_items.get(id(fields))
             if items is None:  # the same fields dict serves every object of a list
@@ -534,8 +535,10 @@ class _ListLoop(_ExecutionLoop):
             return None
 
     def run_as_owner(self) -> List[Any]:
-        n = len(self.items)
+        items, n = self.items, len(self.items)
         concurrent = self.run.wake is not None
+        context, item_type, field_nodes, info, path = self.context, self.item_type, self.field_nodes, self.info, self.path
+        complete_value = context.complete_value  # type: ignore[attr-defined]
         values: List[Any] = []
         groups = self.enter()
         try:
@@ -545,7 +548,15 @@ class _ListLoop(_ExecutionLoop):
                 if concurrent and self.next < n:
                     self.dataloader._split(self.run, self)
                 try:
-                    value = self.complete_item(index)
+                    item_path = path.add_key(index, None)
+                    try:  # complete_item, written out: once per list item
+                        if self.extra:
+                            value = complete_value(item_type, field_nodes, info, item_path, items[index], *self.extra)
+                        else:
+                            value = complete_value(item_type, field_nodes, info, item_path, items[index])
+                    except Exception as raw_error:
+                        context._item_failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
+                        value = None
                 except Exception as error:  # a non-null item failed: the list fails
                     self.failed(index, error)
                 else:
@@ -593,7 +604,7 @@ if not GRAPHQL_CORE_3_3:
             )
 
         def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any) -> Any:
-            return self._fields(super().execute_fields, parent_type, source_value, path, fields, ())
+            return self._fields(parent_type, source_value, path, fields, ())
 
         def execute_fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any) -> Any:
             return self._fields_serially(parent_type, source_value, path, fields, ())
@@ -639,7 +650,7 @@ else:
             return self._execute_root(lambda: parent.execute_collected_root_fields(*args))
 
         def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any, position_context: Any) -> Any:
-            return self._fields(super().execute_fields, parent_type, source_value, path, fields, (position_context,))
+            return self._fields(parent_type, source_value, path, fields, (position_context,))
 
         def execute_fields_serially(
             self, parent_type: Any, source_value: Any, path: Any, fields: Any, position_context: Any
