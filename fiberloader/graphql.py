@@ -118,10 +118,10 @@ class _Batching:
 
     def _fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
         """execute_fields: the fields of one object as a split loop."""
-        worker: Worker = getcurrent()  # type: ignore[assignment]
-        run = getattr(worker, "owner", None)
         deferrals = self._deferrals
-        if run is None or len(fields) < 2:  # no worker (NullDataloader), or nothing to split
+        worker: Worker = getcurrent() if len(fields) > 1 else None  # type: ignore[assignment]
+        run = getattr(worker, "owner", None)
+        if run is None:  # one field (nothing to split), or no worker (NullDataloader)
             results = _base_execute_fields(self, parent_type, source_value, path, fields, *extra)
         else:
             items = self._field_items.get(id(fields))
