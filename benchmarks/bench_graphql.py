@@ -57,6 +57,43 @@ W1: a blog over SQLite
     traced memory (``tracemalloc``, in a separate untimed run with gc on; it
     counts Python allocations, greenlet stacks saved on the heap included).
 
+W1 on PostgreSQL
+    W1 again over a real database, where each statement is a round trip, the
+    cost an N+1 pays in production too (more over a real network).  The
+    script starts its own PostgreSQL server: ``initdb`` into a fresh temporary
+    directory (run as the ``postgres`` user when the script runs as root:
+    initdb refuses root), ``pg_ctl start`` on a free port, listening on
+    127.0.0.1 only (its Unix socket in that directory), and at the end, also
+    after an error, Ctrl-C or SIGTERM, ``pg_ctl stop -m fast`` and the
+    directory removed.  The same rows as the SQLite file, loaded with ``COPY``
+    (the same tables, the same index on ``comments(post_id)``, then
+    ``ANALYZE``), read through one psycopg 3 connection over TCP in
+    autocommit mode (no BEGIN round trips), psycopg's defaults otherwise (a
+    statement is prepared server-side from its 5th execution on).
+
+    The same variants, resolvers and sources as W1 (the SQL helpers take
+    either connection: ``IN (?, ...)`` on SQLite, ``= ANY(%s)`` with one list
+    on PostgreSQL, so the fiberloader sources take the psycopg connection as
+    their batch parameter): naive, floor, gsd, ``Dataloader`` ``load()`` and
+    handles, ``NullDataloader`` ``load()``.  Left out: the split rows (no SQL
+    in what they split); aiodataloader (a blocking connection in async
+    resolvers; a fair row needs psycopg's ``AsyncConnection``);
+    ``AsyncDataloader`` (psycopg 3 waits in libpq, which cooperates with
+    gevent only under monkey-patching, and that would change every other row
+    of the process; unpatched, the row times ``Dataloader`` plus the hub).
+    Statements are counted by a cursor class whose ``execute`` counts, set on
+    the connection for the warm-up run only.  The floor's data must also equal
+    the SQLite floor's.  A line above the table gives the median round trip
+    of ``SELECT 1`` on that connection: on a VM it depends on whether the
+    other CPUs are idle (waking an idle vCPU is slow), so read the rows
+    against it.
+
+    ``--postgres`` runs it (an error if psycopg or the binaries are missing);
+    a run without the flag includes it unless it is ``--quick`` or
+    ``--no-postgres``, and only if psycopg and ``initdb``/``pg_ctl`` (on
+    ``PATH``, else the newest ``/usr/lib/postgresql/*/bin``, or
+    ``--pg-bin DIR``) are found; otherwise a line says why it was skipped.
+
 W3: per-item overhead
     ``{ items(n: N) { value } }``: a list of N items (``--n``, default
     10,000), each resolving ``value`` through one load from a source whose
@@ -75,10 +112,9 @@ judged against the same limit) and prints ``yes`` or ``NO``: W1 handles
 ≤ 1.25x the floor and ≤ 1.0x gsd; W1 plain ``load()`` ≤ 2.0x the floor;
 every fiberloader W1 row ≤ 0.5x aiodataloader; W3 handles' extra ≤ 0.5x
 gsd's extra, W3 ``load()``'s extra ≤ 1.5x gsd's, both ≤ 0.5x aiodataloader's
-extra; W1 peak memory of every fiberloader row ≤ 2x the floor's.
-
-Not covered yet: PostgreSQL (a network round trip per statement changes
-what the naive and batched rows cost).
+extra; W1 peak memory of every fiberloader row ≤ 2x the floor's; W1 on
+PostgreSQL: plain ``load()`` ≤ 1.5x the floor, with naive N+1 / floor
+reported beside it (no limit).
 
 How to run
 ==========
@@ -89,27 +125,38 @@ How to run
     python benchmarks/bench_graphql.py --quick    # smoke run: posts=100, N=1000, repeat=2
     python benchmarks/bench_graphql.py --posts 2000 --n 50000 --repeat 11
     python benchmarks/bench_graphql.py --workload w1 --only "Dataloader load" --repeat 30   # for a profiler
+    python benchmarks/bench_graphql.py --workload w1 --postgres --no-plot   # needs: pip install "psycopg[binary]"
 
 Without ``--quick`` it writes a bar chart (matplotlib, Agg backend) of the W1
-ratios to the floor and the W3 extra µs per item, both gc on, to
-``benchmarks/bench_graphql.png`` (``--plot PATH`` elsewhere, ``--no-plot``
-not at all).
+ratios to the floor (SQLite, and PostgreSQL when it ran) and the W3 extra µs
+per item, all gc on, to ``benchmarks/bench_graphql.png`` (``--plot PATH``
+elsewhere, ``--no-plot`` not at all).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import gc
+import glob
 import os
 import random
+import re
+import shlex
+import shutil
+import signal
+import socket
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import aiodataloader
 from graphql import (
@@ -131,6 +178,11 @@ import _report
 from fiberloader import DataloaderStats, Source, current_dataloader
 from fiberloader.graphql import DataloaderExecutionContext
 
+if TYPE_CHECKING:
+    import psycopg
+
+    Db = Union[sqlite3.Connection, psycopg.Connection[Any]]  # W1: where the SQL runs
+
 SEED = 20261125
 USERS = 200
 COMMENTS_PER_POST = 5
@@ -140,7 +192,7 @@ PLOT_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_g
 
 
 class Counter:
-    """Counts its calls: SQL statements (as sqlite3's trace callback) or batch calls."""
+    """Counts its calls: SQL statements (as sqlite3's trace callback, or from psycopg's cursor) or batch calls."""
 
     __slots__ = ("n",)
 
@@ -189,7 +241,7 @@ def require(condition: bool, message: str) -> None:
 class Context:
     """``info.context`` of one execution."""
 
-    conn: Optional[sqlite3.Connection] = None
+    conn: Optional[Db] = None
     users: Any = None  # per-execution loaders (gsd, aiodataloader)
     comments: Any = None
     values: Any = None
@@ -254,44 +306,50 @@ def fiberloader_context_class(setting: str) -> type:
 # -- W1: the database ------------------------------------------------------------------
 
 
-def make_database(path: str, posts: int) -> None:
-    """Users, posts and comments, the same for a given ``posts`` on every machine."""
+BLOG_TABLES = """
+    CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+    CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL,
+                        author_id INTEGER NOT NULL REFERENCES users(id));
+    CREATE TABLE comments (id INTEGER PRIMARY KEY, body TEXT NOT NULL,
+                           post_id INTEGER NOT NULL REFERENCES posts(id),
+                           author_id INTEGER NOT NULL REFERENCES users(id));
+    CREATE INDEX comments_post ON comments(post_id);
+"""  # SQLite and PostgreSQL alike
+
+
+def blog_rows(posts: int) -> Dict[str, List[Tuple[Any, ...]]]:
+    """Users, posts and comments (table -> rows, in insertion order), the same for a given ``posts`` everywhere."""
     rng = random.Random(SEED)
     words = ["graph", "fiber", "batch", "query", "cache", "loader", "field", "schema", "greenlet", "index"]
 
     def text(count: int) -> str:
         return " ".join(rng.choice(words) for _ in range(count))
 
+    users = [(i, f"{text(1)} {i}") for i in range(1, USERS + 1)]
+    post_rows = [(i, text(4), rng.randint(1, USERS)) for i in range(1, posts + 1)]
+    comments = [
+        ((p - 1) * COMMENTS_PER_POST + c + 1, text(8), p, rng.randint(1, USERS))
+        for p in range(1, posts + 1)
+        for c in range(COMMENTS_PER_POST)
+    ]
+    return {"users": users, "posts": post_rows, "comments": comments}
+
+
+def make_database(path: str, posts: int) -> None:
+    """The SQLite file."""
     with sqlite3.connect(path) as conn:
-        conn.executescript(
-            """
-            CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-            CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL,
-                                author_id INTEGER NOT NULL REFERENCES users(id));
-            CREATE TABLE comments (id INTEGER PRIMARY KEY, body TEXT NOT NULL,
-                                   post_id INTEGER NOT NULL REFERENCES posts(id),
-                                   author_id INTEGER NOT NULL REFERENCES users(id));
-            CREATE INDEX comments_post ON comments(post_id);
-            """
-        )
-        conn.executemany("INSERT INTO users VALUES (?, ?)", [(i, f"{text(1)} {i}") for i in range(1, USERS + 1)])
-        conn.executemany(
-            "INSERT INTO posts VALUES (?, ?, ?)",
-            [(i, text(4), rng.randint(1, USERS)) for i in range(1, posts + 1)],
-        )
-        conn.executemany(
-            "INSERT INTO comments (body, post_id, author_id) VALUES (?, ?, ?)",
-            [(text(8), p, rng.randint(1, USERS)) for p in range(1, posts + 1) for _ in range(COMMENTS_PER_POST)],
-        )
+        conn.executescript(BLOG_TABLES)
+        for table, rows in blog_rows(posts).items():
+            conn.executemany(f"INSERT INTO {table} VALUES ({marks(rows[0])})", rows)
     conn.close()
 
 
-# The SQL every variant runs: rows as dicts.
+# The SQL every variant runs, on either connection: rows as dicts.
 
 
-def select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> List[Dict[str, Any]]:
+def select(conn: Db, sql: str, params: Sequence[Any]) -> List[Dict[str, Any]]:
     cursor = conn.execute(sql, params)
-    names = [column[0] for column in cursor.description]
+    names = [column[0] for column in cursor.description]  # type: ignore[union-attr]  # None: no result set
     return [dict(zip(names, row)) for row in cursor]
 
 
@@ -299,31 +357,44 @@ def marks(keys: Sequence[Any]) -> str:
     return ", ".join("?" * len(keys))
 
 
-def posts_page(conn: sqlite3.Connection, first: int) -> List[Dict[str, Any]]:
-    return select(conn, "SELECT id, title, author_id FROM posts ORDER BY id LIMIT ?", (first,))
+def mark(conn: Db) -> str:
+    """One parameter's placeholder."""
+    return "?" if isinstance(conn, sqlite3.Connection) else "%s"
 
 
-def users_by_id(conn: sqlite3.Connection, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
-    rows = select(conn, f"SELECT id, name FROM users WHERE id IN ({marks(ids)})", ids)
+def key_in(conn: Db, column: str, keys: Sequence[Any]) -> Tuple[str, Sequence[Any]]:
+    """``column IN (?, ...)``, one parameter a key, on SQLite; ``column = ANY(%s)`` with one list on PostgreSQL."""
+    if isinstance(conn, sqlite3.Connection):
+        return f"{column} IN ({marks(keys)})", keys
+    return f"{column} = ANY(%s)", [list(keys)]
+
+
+def posts_page(conn: Db, first: int) -> List[Dict[str, Any]]:
+    return select(conn, f"SELECT id, title, author_id FROM posts ORDER BY id LIMIT {mark(conn)}", (first,))
+
+
+def users_by_id(conn: Db, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+    where, params = key_in(conn, "id", ids)
+    rows = select(conn, f"SELECT id, name FROM users WHERE {where}", params)
     return {row["id"]: row for row in rows}
 
 
-def comments_by_post_id(conn: sqlite3.Connection, post_ids: Sequence[int]) -> Dict[int, List[Dict[str, Any]]]:
+def comments_by_post_id(conn: Db, post_ids: Sequence[int]) -> Dict[int, List[Dict[str, Any]]]:
     """Every post's comments, in id order ([] for a post without comments)."""
     grouped: Dict[int, List[Dict[str, Any]]] = {post_id: [] for post_id in post_ids}
-    sql = f"SELECT id, post_id, body, author_id FROM comments WHERE post_id IN ({marks(post_ids)}) ORDER BY id"
-    for row in select(conn, sql, post_ids):
+    where, params = key_in(conn, "post_id", post_ids)
+    for row in select(conn, f"SELECT id, post_id, body, author_id FROM comments WHERE {where} ORDER BY id", params):
         grouped[row["post_id"]].append(row)
     return grouped
 
 
-def user_batch(conn: sqlite3.Connection, ids: List[int]) -> List[Optional[Dict[str, Any]]]:
+def user_batch(conn: Db, ids: List[int]) -> List[Optional[Dict[str, Any]]]:
     """The users in key order, as gsd and aiodataloader want them."""
     users = users_by_id(conn, ids)
     return [users.get(user_id) for user_id in ids]
 
 
-def comment_batch(conn: sqlite3.Connection, post_ids: List[int]) -> List[List[Dict[str, Any]]]:
+def comment_batch(conn: Db, post_ids: List[int]) -> List[List[Dict[str, Any]]]:
     return list(comments_by_post_id(conn, post_ids).values())  # keys in post_ids order
 
 
@@ -365,7 +436,7 @@ def resolve_posts(root: Any, info: Any, first: int) -> List[Dict[str, Any]]:
 # W1 floor: 3 statements up front, pre-joined dicts, default resolvers.
 
 
-def prejoined_posts(conn: sqlite3.Connection, first: int) -> List[Dict[str, Any]]:
+def prejoined_posts(conn: Db, first: int) -> List[Dict[str, Any]]:
     posts = posts_page(conn, first)
     comments = comments_by_post_id(conn, [post["id"] for post in posts])
     needed = {post["author_id"] for post in posts}
@@ -388,12 +459,14 @@ def prejoined_posts(conn: sqlite3.Connection, first: int) -> List[Dict[str, Any]
 
 
 def naive_author(obj: Dict[str, Any], info: Any) -> Dict[str, Any]:
-    return select(info.context.conn, "SELECT id, name FROM users WHERE id = ?", (obj["author_id"],))[0]
+    conn = info.context.conn
+    return select(conn, f"SELECT id, name FROM users WHERE id = {mark(conn)}", (obj["author_id"],))[0]
 
 
 def naive_comments(post: Dict[str, Any], info: Any) -> List[Dict[str, Any]]:
-    sql = "SELECT id, post_id, body, author_id FROM comments WHERE post_id = ? ORDER BY id"
-    return select(info.context.conn, sql, (post["id"],))
+    conn = info.context.conn
+    sql = f"SELECT id, post_id, body, author_id FROM comments WHERE post_id = {mark(conn)} ORDER BY id"
+    return select(conn, sql, (post["id"],))
 
 
 # W1 graphql-sync-dataloaders: SyncFutures from per-execution loaders.
@@ -418,7 +491,7 @@ async def aio_comments(post: Dict[str, Any], info: Any) -> Any:
     return await info.context.comments.load(post["id"])
 
 
-def aio_loaders(conn: sqlite3.Connection) -> Context:
+def aio_loaders(conn: Db) -> Context:
     """Per-execution aiodataloader loaders; call it inside the running loop."""
 
     async def users(ids: List[int]) -> List[Optional[Dict[str, Any]]]:
@@ -434,7 +507,7 @@ def aio_loaders(conn: sqlite3.Connection) -> Context:
 
 
 class UserById(Source[int, Dict[str, Any]]):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Db) -> None:
         self.conn = conn
 
     def fetch(self, ids: List[int]) -> Dict[int, Dict[str, Any]]:
@@ -442,7 +515,7 @@ class UserById(Source[int, Dict[str, Any]]):
 
 
 class CommentsByPostId(Source[int, List[Dict[str, Any]]]):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Db) -> None:
         self.conn = conn
 
     def fetch(self, post_ids: List[int]) -> Dict[int, List[Dict[str, Any]]]:
@@ -490,7 +563,7 @@ class Variant:
         return self.name.split(":")[0].removeprefix("fiberloader ").removesuffix(", async graphql()")
 
 
-def w1_variants(conn: sqlite3.Connection, posts: int, loop: asyncio.Runner) -> List[Variant]:
+def w1_variants(conn: Db, posts: int, loop: asyncio.Runner) -> List[Variant]:
     """The floor first: it is the reference every other row is checked against."""
     query = blog_query(posts)
     plain = lambda: Context(conn)  # noqa: E731
@@ -536,6 +609,153 @@ def w1_variants(conn: sqlite3.Connection, posts: int, loop: asyncio.Runner) -> L
         Variant("async-handle", "fiberloader AsyncDataloader handles", fiberloader("async", True), FIBERLOADER),
         Variant("null-load", "fiberloader NullDataloader load()", fiberloader("null", False), FIBERLOADER),
     ]  # fmt: skip
+
+
+# -- W1 on PostgreSQL: a server of its own ----------------------------------------------
+
+POSTGRES_VARIANTS = ("floor", "naive", "gsd", "dl-load", "dl-handle", "null-load")  # the module docstring says why
+POSTGRES_TOOLS = ("initdb", "pg_ctl", "postgres")
+POSTGRES_USER = "postgres"  # who runs the server when the script runs as root
+
+
+def w1_postgres_variants(conn: Db, posts: int, loop: asyncio.Runner) -> List[Variant]:
+    """W1's own rows (the floor first), over the psycopg connection."""
+    return [variant for variant in w1_variants(conn, posts, loop) if variant.key in POSTGRES_VARIANTS]
+
+
+def find_postgres(where: Optional[str]) -> Tuple[Optional[str], str]:
+    """The directory of ``initdb``, ``pg_ctl`` and ``postgres``, or None and why not."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return None, "psycopg 3 is not installed (python -m pip install 'psycopg[binary]')"
+    on_path = shutil.which("pg_ctl")
+    installed = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: [int(n) for n in re.findall(r"\d+", d)])
+    candidates = [where] if where else [*([os.path.dirname(on_path)] if on_path else []), *reversed(installed)]
+    found = [d for d in candidates if all(os.access(os.path.join(d, tool), os.X_OK) for tool in POSTGRES_TOOLS)]
+    if not found:
+        looked = where or "PATH and /usr/lib/postgresql/*/bin"
+        return None, f"no PostgreSQL server binaries ({', '.join(POSTGRES_TOOLS)}) in {looked}"
+    if os.geteuid() == 0:  # initdb refuses root: the server runs as the postgres user
+        import pwd
+
+        try:
+            pwd.getpwnam(POSTGRES_USER)
+        except KeyError:
+            return None, f"running as root, and there is no {POSTGRES_USER!r} user to run the server as"
+        if shutil.which("runuser") is None:
+            return None, f"running as root, and there is no runuser to run the server as {POSTGRES_USER!r}"
+    return found[0], ""
+
+
+def postgres_description(bin_dir: str) -> str:
+    """The server's and psycopg's versions, for the header."""
+    import psycopg
+
+    server = subprocess.run(
+        [os.path.join(bin_dir, "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()  # fmt: skip
+    libpq = psycopg.pq.version()
+    return (
+        f"{server.removeprefix('postgres (PostgreSQL) ')} server (own instance in a temporary directory, "
+        f"TCP 127.0.0.1), psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, "
+        f"libpq {libpq // 10000}.{libpq % 10000}), autocommit"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # so that the server's finally block runs
+
+
+@contextlib.contextmanager
+def postgres_server(bin_dir: str) -> Iterator[str]:
+    """A fresh server in a temporary directory, on 127.0.0.1 only; yields its conninfo.
+
+    Always stopped (``pg_ctl stop -m fast``, then ``-m immediate`` if that fails)
+    and its directory removed, on SIGTERM and SIGHUP too.
+    """
+    directory = tempfile.mkdtemp(prefix="bench_graphql.pg.")
+    data = os.path.join(directory, "data")
+    log = os.path.join(directory, "log")
+    as_user = ["runuser", "-u", POSTGRES_USER, "--"] if os.geteuid() == 0 else []
+
+    def tool(name: str, *args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+        argv = [*as_user, os.path.join(bin_dir, name), *args]
+        done = subprocess.run(argv, cwd=directory, capture_output=True, text=True)
+        if check and done.returncode != 0:
+            tail = ""
+            if os.path.exists(log):
+                with open(log) as server_log:
+                    tail = server_log.read()[-2000:]
+            raise RuntimeError(f"{name} {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}{tail}")
+        return done
+
+    handlers = {signum: signal.signal(signum, exit_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    started = False
+    try:
+        if as_user:
+            shutil.chown(directory, POSTGRES_USER, POSTGRES_USER)
+        tool("initdb", "-D", data, "--auth=trust", "--username=bench", "--encoding=UTF8", "--locale=C", "--no-sync")
+        port = free_port()
+        started = True  # from here on, stop it whatever happens
+        tool("pg_ctl", "-D", data, "-o", f"-h 127.0.0.1 -p {port} -k {shlex.quote(directory)}", "-l", log, "-w", "start")
+        yield f"host=127.0.0.1 port={port} user=bench dbname=postgres sslmode=disable gssencmode=disable"
+    finally:
+        try:
+            if started and tool("pg_ctl", "-D", data, "-m", "fast", "-w", "stop", check=False).returncode != 0:
+                tool("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
+        finally:
+            if os.path.exists(os.path.join(data, "postmaster.pid")):
+                print(f"PostgreSQL may still be running: see {directory} (not removed)", file=sys.stderr)
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def postgres_blog(conninfo: str, posts: int) -> Iterator[psycopg.Connection[Any]]:
+    """One autocommit connection to a database holding the W1 tables and rows."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(BLOG_TABLES)
+        with conn.cursor() as cursor:
+            for table, rows in blog_rows(posts).items():
+                with cursor.copy(f"COPY {table} FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        conn.execute("ANALYZE")
+        yield conn
+
+
+def round_trip_us(conn: Db, times: int = 1000) -> float:
+    """Median µs of ``SELECT 1`` through ``Connection.execute``: the least a statement costs."""
+    samples = []
+    for _ in range(times):
+        start = time.perf_counter()
+        conn.execute("SELECT 1").fetchall()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e6
+
+
+@functools.lru_cache(maxsize=None)
+def counting_cursor() -> type:
+    """A psycopg cursor class whose ``execute`` counts in CALLS."""
+    import psycopg
+
+    class CountingCursor(psycopg.Cursor[Any]):
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            CALLS()
+            return super().execute(*args, **kwargs)
+
+    return CountingCursor
 
 
 # -- W3: N items, one load each ---------------------------------------------------------
@@ -651,7 +871,7 @@ class Row:
 class Workload:
     label: str
     variants: List[Variant]
-    conn: Optional[sqlite3.Connection] = None  # W1: where statements are counted
+    conn: Optional[Db] = None  # W1: where statements are counted
     expected: Any = None  # the reference row's data, once measured
     rows: List[Row] = field(default_factory=list)
 
@@ -668,16 +888,30 @@ def run_checked(workload: Workload, variant: Variant, timer: Timer) -> Outcome:
     return outcome
 
 
+def count_statements(conn: Db, on: bool) -> None:
+    """While ``on``, every SQL statement on ``conn`` counts in CALLS; nothing is wrapped otherwise.
+
+    sqlite3: its trace callback; psycopg: a cursor class whose ``execute`` counts
+    (``Connection.execute`` makes one cursor of ``cursor_factory`` per statement).
+    """
+    if isinstance(conn, sqlite3.Connection):
+        conn.set_trace_callback(CALLS if on else None)
+    else:
+        import psycopg
+
+        conn.cursor_factory = counting_cursor() if on else psycopg.Cursor
+
+
 def counted_run(workload: Workload, variant: Variant) -> Tuple[int, Outcome]:
     """One untimed run that counts SQL statements (W1) or batch calls (W3)."""
     CALLS.n = 0
     if workload.conn is not None:
-        workload.conn.set_trace_callback(CALLS)
+        count_statements(workload.conn, True)
     try:
         outcome = run_checked(workload, variant, Timer(gc_off=False))
     finally:
         if workload.conn is not None:
-            workload.conn.set_trace_callback(None)
+            count_statements(workload.conn, False)
     return CALLS.n, outcome
 
 
@@ -721,12 +955,13 @@ W1_TARGETS = [("dl-handle", "floor", 1.25), ("dl-handle", "gsd", 1.0), ("dl-load
 W1_FIBERLOADER_OVER_AIO = 0.5  # every fiberloader W1 row / aiodataloader
 W3_TARGETS = [("dl-handle", "gsd", 0.5), ("dl-load", "gsd", 1.5), ("dl-handle", "aio", 0.5), ("dl-load", "aio", 0.5)]
 MEMORY_LIMIT = 2.0  # W1 peak memory of every fiberloader row / the floor's
+POSTGRES_TARGETS = [("dl-load", "floor", 1.5), ("naive", "floor", None)]  # None: reported beside it, no limit
 
 
 @dataclass
 class Target:
     label: str
-    limit: float
+    limit: Optional[float]  # None: reported, not judged
     ratio: Dict[bool, float]  # gc_off -> the measured ratio (memory: gc on only)
 
 
@@ -739,15 +974,20 @@ def extra_us(rows: Dict[str, Row], key: str, gc_off: bool, n: int) -> float:
     return (rows[key].ms[gc_off] - rows["plain"].ms[gc_off]) * 1000 / n
 
 
-def targets(w1: List[Row], w3: List[Row], n: int) -> List[Target]:
+def targets(w1: List[Row], w3: List[Row], n: int, pg: Sequence[Row] = ()) -> List[Target]:
     """Every target whose rows were measured."""
-    one, three = by_key(w1), by_key(w3)
+    one, three, on_pg = by_key(w1), by_key(w3), by_key(pg)
     fiberloader_w1 = [row.variant.key for row in w1 if row.variant.kind == FIBERLOADER]
     found = []
     for key, over, limit in [*W1_TARGETS, *((key, "aio", W1_FIBERLOADER_OVER_AIO) for key in fiberloader_w1)]:
         if key in one and over in one:
             ratio = {gc_off: one[key].ms[gc_off] / one[over].ms[gc_off] for gc_off in GC_MODES}
             found.append(Target(f"W1 ms: {one[key].variant.short} / {one[over].variant.short}", limit, ratio))
+    for key, over, pg_limit in POSTGRES_TARGETS:
+        if key in on_pg and over in on_pg:
+            ratio = {gc_off: on_pg[key].ms[gc_off] / on_pg[over].ms[gc_off] for gc_off in GC_MODES}
+            label = f"PostgreSQL W1 ms: {on_pg[key].variant.short} / {on_pg[over].variant.short}"
+            found.append(Target(label, pg_limit, ratio))
     for key, over, limit in W3_TARGETS:
         if key in three and over in three:
             ratio = {gc_off: extra_us(three, key, gc_off, n) / extra_us(three, over, gc_off, n) for gc_off in GC_MODES}
@@ -766,9 +1006,11 @@ def megabytes(size: int) -> str:
     return f"{size / 2**20:.1f}"
 
 
-def print_w1(rows: List[Row]) -> None:
+def print_w1(rows: List[Row], label: str = "W1") -> None:
     floor = by_key(rows)["floor"]
-    header = ["W1 variant", "SQL", "ms gc on", "ms gc off", "x floor gc on", "x floor gc off", "peak MB", "x floor MB"]
+    header = [
+        f"{label} variant", "SQL", "ms gc on", "ms gc off", "x floor gc on", "x floor gc off", "peak MB", "x floor MB"
+    ]  # fmt: skip
     cells = [
         [
             row.variant.name,
@@ -810,10 +1052,14 @@ def print_targets(found: List[Target]) -> None:
         if gc_off not in target.ratio:
             return ["-", "-"]
         ratio = target.ratio[gc_off]
+        if target.limit is None:
+            return [f"{ratio:.2f}x", "-"]
         return [f"{ratio:.2f}x", "yes" if ratio <= target.limit else "NO"]
 
     header = ["target", "limit", "gc on", "met", "gc off", "met"]
-    cells = [[t.label, f"≤ {t.limit:g}x", *verdict(t, False), *verdict(t, True)] for t in found]
+    cells = [
+        [t.label, "-" if t.limit is None else f"≤ {t.limit:g}x", *verdict(t, False), *verdict(t, True)] for t in found
+    ]
     print(_report.rst_table(header, cells, right=[False, True, True, False, True, False]))
 
 
@@ -825,8 +1071,8 @@ def print_stats(workloads: Sequence[Workload]) -> None:
                 print(f"  {workload.label} / {row.variant.name}: {row.stats!r}")
 
 
-def plot(path: str, w1: List[Row], w3: List[Row], n: int, title: str) -> None:
-    """Bars: W1 wall time / floor and W3 extra µs per item, gc on."""
+def plot(path: str, w1: List[Row], w3: List[Row], n: int, title: str, pg: List[Row]) -> None:
+    """Bars: W1 wall time / floor (SQLite, PostgreSQL) and W3 extra µs per item, gc on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -847,18 +1093,24 @@ def plot(path: str, w1: List[Row], w3: List[Row], n: int, title: str) -> None:
             ax.annotate(fmt.format(value), (max(value, 0), position), xytext=(3, 0),
                         textcoords="offset points", va="center", fontsize=8)  # fmt: skip
 
-    panels = [ax for ax in (bool(w1), bool(w3)) if ax]
-    figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), layout="constrained", squeeze=False)
+    ratio_panels = [
+        (rows, label) for rows, label in (
+            (w1, "W1 wall time / floor (gc on; lower is better)"),
+            (pg, "W1 on PostgreSQL: wall time / floor (gc on; lower is better)"),
+        ) if rows
+    ]  # fmt: skip
+    panels = len(ratio_panels) + bool(w3)
+    figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.5), layout="constrained", squeeze=False)
     column = iter(axes[0])
-    if w1:
+    for rows, label in ratio_panels:
         ax = next(column)
-        floor = by_key(w1)["floor"].ms[False]
-        ratios = [row.ms[False] / floor for row in w1]
-        bars(ax, w1, ratios, "{:.2f}x")
+        floor = by_key(rows)["floor"].ms[False]
+        ratios = [row.ms[False] / floor for row in rows]
+        bars(ax, rows, ratios, "{:.2f}x")
         ax.axvline(1.0, color="black", linewidth=0.8)
         if max(ratios) > 20:
             ax.set_xscale("log")
-        ax.set_xlabel("W1 wall time / floor (gc on; lower is better)")
+        ax.set_xlabel(label)
         ax.margins(x=0.15)
     if w3:
         ax = next(column)
@@ -889,6 +1141,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     parser.add_argument("--no-plot", action="store_true", help="write no chart")
     parser.add_argument("--quick", action="store_true", help="smoke run: posts=100, N=1000, repeat=2, no chart")
+    parser.add_argument(
+        "--postgres", action=argparse.BooleanOptionalAction,
+        help="W1 on PostgreSQL too (default: yes if psycopg and the server binaries are found, no with --quick)",
+    )  # fmt: skip
+    parser.add_argument("--pg-bin", metavar="DIR", help="where initdb, pg_ctl and postgres are")
     args = parser.parse_args(argv)
     posts = args.posts if args.posts is not None else (100 if args.quick else 1000)
     n = args.n if args.n is not None else (1000 if args.quick else 10_000)
@@ -902,11 +1159,31 @@ def main(argv: Optional[List[str]] = None) -> None:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("the chart needs matplotlib (python -m pip install matplotlib), or pass --no-plot")
+    pg_bin: Optional[str] = None  # set: W1 runs on PostgreSQL too, with the binaries there
+    pg_skipped = ""  # otherwise why not, when W1 runs
+    if args.postgres and "w1" not in workloads:
+        parser.error("--postgres runs W1 on PostgreSQL: add --workload w1")
+    if "w1" not in workloads:
+        pass
+    elif args.postgres is False:
+        pg_skipped = "--no-postgres"
+    elif args.postgres is None and args.quick:
+        pg_skipped = "--quick starts no server (add --postgres to run them)"
+    else:
+        pg_bin, why_not = find_postgres(args.pg_bin)
+        if pg_bin is None and args.postgres:
+            parser.error(f"--postgres: {why_not}")
+        pg_skipped = why_not
 
-    _report.print_machine_info(
-        ("fiberloader", "greenlet", "gevent", "graphql-core", "graphql-sync-dataloaders", "aiodataloader")
-    )
+    _report.print_machine_info((
+        "fiberloader", "greenlet", "gevent", "graphql-core", "graphql-sync-dataloaders", "aiodataloader",
+        *(["psycopg"] if pg_bin is not None else []),
+    ))  # fmt: skip
     print(f"sqlite3 (library) {sqlite3.sqlite_version}, on-disk file in a temporary directory")
+    if pg_bin is not None:
+        print(f"PostgreSQL {postgres_description(pg_bin)}")
+    elif pg_skipped:
+        print(f"PostgreSQL rows skipped: {pg_skipped}")
     print(
         f"W1 posts={posts} ({COMMENTS_PER_POST} comments each, {USERS} users), W3 N={n}, "
         f"repeat={repeat} (median) after 1 warm-up, gsd = graphql-sync-dataloaders"
@@ -914,6 +1191,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print()
 
     w1 = Workload("W1", [])
+    pg = Workload("W1 PostgreSQL", [])
+    pg_round_trip = 0.0  # µs
     w3 = Workload("W3", [])
     with tempfile.TemporaryDirectory(prefix="bench_graphql.") as directory, asyncio.Runner() as loop:
         if "w1" in workloads:
@@ -925,6 +1204,12 @@ def main(argv: Optional[List[str]] = None) -> None:
                 measure_all(w1, repeat, args.only)
             finally:
                 conn.close()
+        if pg_bin is not None:
+            with postgres_server(pg_bin) as conninfo, postgres_blog(conninfo, posts) as pg_conn:
+                pg = Workload("W1 PostgreSQL", w1_postgres_variants(pg_conn, posts, loop), pg_conn)
+                pg_round_trip = round_trip_us(pg_conn)
+                measure_all(pg, repeat, args.only)
+            require(pg.expected == w1.expected, "W1 PostgreSQL: the floor's result.data differs from SQLite's")
         if "w3" in workloads:
             w3 = Workload("W3", w3_variants(n, loop))
             measure_all(w3, repeat, args.only)
@@ -932,17 +1217,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     if w1.rows:
         print_w1(w1.rows)
         print()
+    if pg.rows:
+        print(f"{pg.label}: one round trip (SELECT 1, median of 1000, before the rows) {pg_round_trip:.0f} µs")
+        print_w1(pg.rows, pg.label)
+        print()
     if w3.rows:
         print_w3(w3.rows, n)
         print()
-    found = targets(w1.rows, w3.rows, n)
+    found = targets(w1.rows, w3.rows, n, pg.rows)
     if found:
         print_targets(found)
         print()
-    print_stats([w1, w3])
+    print_stats([w1, pg, w3])
     if plot_path is not None:
         title = f"bench_graphql.py: W1 posts={posts}, W3 N={n}, median of {repeat}, gc on"
-        plot(plot_path, w1.rows, w3.rows, n, title)
+        plot(plot_path, w1.rows, w3.rows, n, title, pg.rows)
         print(f"\nchart: {plot_path}")
 
 
