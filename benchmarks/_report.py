@@ -1,12 +1,14 @@
-"""What every benchmark script prints: versions, the machine, RST tables."""
+"""What the benchmark scripts share: versions, the machine, RST tables, a timer."""
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import sys
+import time
 from importlib import metadata
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import fiberloader
 
@@ -54,3 +56,25 @@ def rst_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Seque
         return "  ".join(padded).rstrip()
 
     return "\n".join([rule, line(header), rule, *(line(row) for row in rows), rule])
+
+
+class Timer:
+    """Context manager around the timed part of one run; optionally with gc off."""
+
+    def __init__(self, gc_off: bool) -> None:
+        self.gc_off = gc_off
+        self.elapsed: Optional[float] = None
+        self._start = 0.0
+
+    def __enter__(self) -> "Timer":
+        if self.elapsed is not None:
+            raise RuntimeError("a Timer times one region only")
+        if self.gc_off:
+            gc.disable()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.elapsed = time.perf_counter() - self._start
+        if self.gc_off:
+            gc.enable()

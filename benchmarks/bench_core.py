@@ -73,7 +73,6 @@ import gc
 import pstats
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -120,28 +119,6 @@ class KeySource(Source[int, int]):
 # -- timing -----------------------------------------------------------------------
 
 
-class Timer:
-    """Context manager around the timed part of one run; optionally with gc off."""
-
-    def __init__(self, gc_off: bool) -> None:
-        self.gc_off = gc_off
-        self.elapsed: Optional[float] = None
-        self._start = 0.0
-
-    def __enter__(self) -> "Timer":
-        if self.elapsed is not None:
-            raise RuntimeError("a Timer times one region only")
-        if self.gc_off:
-            gc.disable()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.elapsed = time.perf_counter() - self._start
-        if self.gc_off:
-            gc.enable()
-
-
 @dataclass
 class Outcome:
     """What one run of a variant produced, for the checks."""
@@ -151,7 +128,7 @@ class Outcome:
     stats: Optional[DataloaderStats] = None  # fiberloader only
 
 
-Runner = Callable[[List[int], Timer], Outcome]
+Runner = Callable[[List[int], _report.Timer], Outcome]
 
 
 def require(condition: bool, message: str) -> None:
@@ -166,7 +143,7 @@ def require_stats(stats: DataloaderStats, *, fetches: int, greenlets: Optional[i
         require(stats.greenlets == greenlets, f"expected {greenlets} greenlets, got {stats!r}")
 
 
-def run_async(main: Callable[[List[int], Timer], Any], keys: List[int], timer: Timer) -> Outcome:
+def run_async(main: Callable[[List[int], _report.Timer], Any], keys: List[int], timer: _report.Timer) -> Outcome:
     """Run an async variant in a fresh event loop (loop setup is not timed)."""
     return asyncio.run(main(keys, timer))  # type: ignore[no-any-return]
 
@@ -174,7 +151,7 @@ def run_async(main: Callable[[List[int], Timer], Any], keys: List[int], timer: T
 # -- (a) cached loads -----------------------------------------------------------------
 
 
-def floor_cached(keys: List[int], timer: Timer) -> Outcome:
+def floor_cached(keys: List[int], timer: _report.Timer) -> Outcome:
     cache = {key: value_for(key) for key in keys}
     with timer:
         values = [cache[key] for key in keys]
@@ -184,7 +161,7 @@ def floor_cached(keys: List[int], timer: Timer) -> Outcome:
 def fiberloader_cached(dataloader_class: "type[Dataloader]", greenlets: int) -> Runner:
     """fiberloader cached loads under ``dataloader_class``, expecting ``greenlets`` workers."""
 
-    def run(keys: List[int], timer: Timer) -> Outcome:
+    def run(keys: List[int], timer: _report.Timer) -> Outcome:
         batch = CountingBatch()
 
         dl_box: List[Dataloader] = []
@@ -216,21 +193,21 @@ def primed_sync_loader(keys: List[int]) -> "tuple[SyncDataLoader, CountingBatch]
     return loader, batch
 
 
-def sync_cached_futures(keys: List[int], timer: Timer) -> Outcome:
+def sync_cached_futures(keys: List[int], timer: _report.Timer) -> Outcome:
     loader, batch = primed_sync_loader(keys)
     with timer:
         futures = [loader.load(key) for key in keys]
     return Outcome([future.result() for future in futures], batch.calls)
 
 
-def sync_cached_values(keys: List[int], timer: Timer) -> Outcome:
+def sync_cached_values(keys: List[int], timer: _report.Timer) -> Outcome:
     loader, batch = primed_sync_loader(keys)
     with timer:
         values = [loader.load(key).result() for key in keys]
     return Outcome(values, batch.calls)
 
 
-async def aio_cached(keys: List[int], timer: Timer) -> Outcome:
+async def aio_cached(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     loader = aiodataloader.DataLoader(batch.coroutine)
     for key in keys:
@@ -243,7 +220,7 @@ async def aio_cached(keys: List[int], timer: Timer) -> Outcome:
 # -- (b) one load_all of N keys ------------------------------------------------------
 
 
-def floor_batch(keys: List[int], timer: Timer) -> Outcome:
+def floor_batch(keys: List[int], timer: _report.Timer) -> Outcome:
     """Call the batch function once, then look every key up in its result."""
     batch = CountingBatch()
     with timer:
@@ -252,7 +229,7 @@ def floor_batch(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls)
 
 
-def fiberloader_load_all(keys: List[int], timer: Timer) -> Outcome:
+def fiberloader_load_all(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     dl_box: List[Dataloader] = []
 
@@ -266,7 +243,7 @@ def fiberloader_load_all(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls, dl_box[0].stats)
 
 
-def sync_load_all(keys: List[int], timer: Timer) -> Outcome:
+def sync_load_all(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     with timer:
         loader = SyncDataLoader(batch)
@@ -276,7 +253,7 @@ def sync_load_all(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls)
 
 
-async def aio_load_many(keys: List[int], timer: Timer) -> Outcome:
+async def aio_load_many(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     with timer:
         loader = aiodataloader.DataLoader(batch.coroutine)
@@ -287,7 +264,7 @@ async def aio_load_many(keys: List[int], timer: Timer) -> Outcome:
 # -- (c) N jobs, one key each ----------------------------------------------------------
 
 
-def greenlet_floor(keys: List[int], timer: Timer) -> Outcome:
+def greenlet_floor(keys: List[int], timer: _report.Timer) -> Outcome:
     """The least a greenlet scheduler can do: one bare greenlet per job parks, one fetch, resume all."""
     batch = CountingBatch()
     values: List[Any] = [None] * len(keys)
@@ -307,7 +284,7 @@ def greenlet_floor(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls)
 
 
-def fiberloader_jobs(keys: List[int], timer: Timer) -> Outcome:
+def fiberloader_jobs(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     values: List[Any] = [None] * len(keys)
 
@@ -327,7 +304,7 @@ def fiberloader_jobs(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls, dl.stats)
 
 
-def fiberloader_map(keys: List[int], timer: Timer) -> Outcome:
+def fiberloader_map(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     dl_box: List[Dataloader] = []
 
@@ -342,7 +319,7 @@ def fiberloader_map(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls, dl_box[0].stats)
 
 
-def sync_callbacks(keys: List[int], timer: Timer) -> Outcome:
+def sync_callbacks(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     values: List[Any] = [None] * len(keys)
 
@@ -361,7 +338,7 @@ def sync_callbacks(keys: List[int], timer: Timer) -> Outcome:
     return Outcome(values, batch.calls)
 
 
-async def aio_gather(keys: List[int], timer: Timer) -> Outcome:
+async def aio_gather(keys: List[int], timer: _report.Timer) -> Outcome:
     batch = CountingBatch()
     with timer:
         loader = aiodataloader.DataLoader(batch.coroutine)
@@ -390,7 +367,7 @@ class Scenario:
     variants: Sequence[Variant]
 
 
-def asynchronous(main: Callable[[List[int], Timer], Any]) -> Runner:
+def asynchronous(main: Callable[[List[int], _report.Timer], Any]) -> Runner:
     return lambda keys, timer: run_async(main, keys, timer)
 
 
@@ -456,7 +433,7 @@ def run_checked(
     ``profiler``, if given, is enabled around the run only (not the checks).
     """
     gc.collect()
-    timer = Timer(gc_off)
+    timer = _report.Timer(gc_off)
     if profiler is not None:
         profiler.enable()
     try:

@@ -209,28 +209,6 @@ CALLS = Counter()  # W1: SQL statements (only while the trace hook is set); W3: 
 GC_MODES = (False, True)  # gc_off: every row is timed with the collector on, then off
 
 
-class Timer:
-    """Context manager around the timed part of one run; optionally with gc off."""
-
-    def __init__(self, gc_off: bool) -> None:
-        self.gc_off = gc_off
-        self.elapsed: Optional[float] = None
-        self._start = 0.0
-
-    def __enter__(self) -> "Timer":
-        if self.elapsed is not None:
-            raise RuntimeError("a Timer times one region only")
-        if self.gc_off:
-            gc.disable()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.elapsed = time.perf_counter() - self._start
-        if self.gc_off:
-            gc.enable()
-
-
 def require(condition: bool, message: str) -> None:
     """``assert`` that also holds under ``python -O``."""
     if not condition:
@@ -258,7 +236,7 @@ class Outcome:
         return self.context.dataloader.stats if self.context.dataloader is not None else None
 
 
-Runner = Callable[[Timer], Outcome]
+Runner = Callable[[_report.Timer], Outcome]
 
 
 def sync_runner(
@@ -268,7 +246,7 @@ def sync_runner(
     execution_context_class: Any = None,
     make_root: Callable[[], Any] = lambda: None,
 ) -> Runner:
-    def run(timer: Timer) -> Outcome:
+    def run(timer: _report.Timer) -> Outcome:
         with timer:
             context = make_context()
             result = graphql_sync(
@@ -289,7 +267,7 @@ def async_runner(
         context = make_context()
         return Outcome(await graphql(schema, query, context_value=context), context)
 
-    def run(timer: Timer) -> Outcome:
+    def run(timer: _report.Timer) -> Outcome:
         with timer:
             return loop.run(execute())
 
@@ -876,7 +854,7 @@ class Workload:
     rows: List[Row] = field(default_factory=list)
 
 
-def run_checked(workload: Workload, variant: Variant, timer: Timer) -> Outcome:
+def run_checked(workload: Workload, variant: Variant, timer: _report.Timer) -> Outcome:
     gc.collect()
     outcome = variant.run(timer)
     where = f"{workload.label} / {variant.name}"
@@ -908,7 +886,7 @@ def counted_run(workload: Workload, variant: Variant) -> Tuple[int, Outcome]:
     if workload.conn is not None:
         count_statements(workload.conn, True)
     try:
-        outcome = run_checked(workload, variant, Timer(gc_off=False))
+        outcome = run_checked(workload, variant, _report.Timer(gc_off=False))
     finally:
         if workload.conn is not None:
             count_statements(workload.conn, False)
@@ -920,7 +898,7 @@ def peak_memory(workload: Workload, variant: Variant) -> int:
     gc.collect()
     tracemalloc.start()
     try:
-        outcome = variant.run(Timer(gc_off=False))
+        outcome = variant.run(_report.Timer(gc_off=False))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -935,7 +913,7 @@ def measure(workload: Workload, variant: Variant, repeat: int) -> Row:
     for gc_off in GC_MODES:
         times = []
         for _ in range(repeat):
-            timer = Timer(gc_off)
+            timer = _report.Timer(gc_off)
             run_checked(workload, variant, timer)
             times.append(timer.elapsed * 1000)  # type: ignore[operator]
         ms[gc_off] = statistics.median(times)

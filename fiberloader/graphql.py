@@ -53,7 +53,6 @@ from graphql import graphql_sync as _graphql_sync
 from graphql.pyutils import Path, Undefined, is_iterable
 from greenlet import getcurrent
 
-from ._dataloader import Dataloader
 from ._fibers import Worker, current_dataloader
 from ._loops import SplitLoop, Waitable
 from ._settings import dataloader_class
@@ -423,6 +422,12 @@ class _ExecutionLoop(SplitLoop):
             self.started = self.next  # items at or after `next` will never start
         self.stop()
 
+    def wait_then_raise(self, keys: List[Any]) -> None:
+        """The owner, its own items done: wait for the helpers', then raise the first failure."""
+        self.wait()
+        if self.failure is not None:
+            self.raise_failure(keys)
+
     def raise_failure(self, keys: List[Any]) -> None:
         """Raise the first failure; remember the later siblings that ran anyway."""
         later = keys[self.failed_at + 1 : self.started]
@@ -485,9 +490,7 @@ class _FieldsLoop(_ExecutionLoop):
                     self.remaining -= 1  # _finished, inlined: the owner is not waiting now
         finally:
             groups.pop()
-        self.wait()
-        if self.failure is not None:
-            self.raise_failure([name for name, _ in items])
+        self.wait_then_raise([name for name, _ in items])
         if self.results is not None:
             for index in range(self.prefix, n):
                 value = self.results[index]
@@ -569,9 +572,7 @@ class _ListLoop(_ExecutionLoop):
                     self.remaining -= 1  # _finished, inlined: the owner is not waiting now
         finally:
             groups.pop()
-        self.wait()
-        if self.failure is not None:
-            self.raise_failure(list(range(n)))
+        self.wait_then_raise(list(range(n)))
         if self.results is not None:
             values.extend(self.results[self.prefix :])
         return values
@@ -688,10 +689,6 @@ else:
             return self.schema.get_field(parent_type, field_nodes[0].node.name.value).type
 
     DataloaderExecutionContext = DataloaderExecutor  # type: ignore[misc]
-
-
-def _dataloader_of(run: Any) -> Dataloader:
-    return run.dataloader  # type: ignore[no-any-return]
 
 
 def graphql_sync(schema: Any, source: Any, **kwargs: Any) -> Any:

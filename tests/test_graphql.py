@@ -10,25 +10,19 @@ one fetch per source per level of dependency.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Type
+from typing import Any, List, Type
 
 import pytest
 from graphql import (
-    GraphQLArgument,
-    GraphQLError,
     GraphQLField,
-    GraphQLInt,
     GraphQLList,
-    GraphQLNonNull,
     GraphQLObjectType,
-    GraphQLScalarType,
     GraphQLSchema,
     GraphQLString,
     build_schema,
     execute,
     parse,
 )
-from graphql import graphql_sync as plain_graphql_sync
 
 from fiberloader import Dataloader, NullDataloader, Request, RequestAll, Source, current_dataloader
 from fiberloader.graphql import GRAPHQL_CORE_3_3, DataloaderExecutionContext, graphql_sync
