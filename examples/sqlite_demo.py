@@ -191,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\nSame result from every variant. fiberloader ran one query per table per level:")
     print("posts; then comments and post authors together; then comment authors not yet cached.")
     print("In-memory SQLite answers a query in ~20 us, which hides what N+1 costs; over a")
-    print("network each statement is a round trip (~0.2 ms on loopback PostgreSQL, more in production).")
+    print("network each statement is a round trip (~0.1 ms on loopback PostgreSQL, more in production).")
     return 0
 
 
