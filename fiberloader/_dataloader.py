@@ -731,8 +731,8 @@ class Dataloader:
             return NotRunningError(
                 f"{what} needs a running dataloader, but {type(self).__name__} is not running. "
                 f"Call it from inside a job: {type(self).__name__}.with_dataloading(fn), or "
-                "dataloader.append_job(fn) then dataloader.run(); in a web app, install "
-                "fiberloader's middleware.",
+                "dataloader.append_job(fn) then dataloader.run(); in a web app, run each "
+                "request's handler as a job of its own dataloader.",
                 source=source,
                 key=key,
             )
