@@ -55,6 +55,7 @@ raise instead of hanging.
 from __future__ import annotations
 
 import sys
+import weakref
 from collections import deque
 from contextvars import Context, copy_context
 from functools import partial
@@ -104,6 +105,7 @@ D = TypeVar("D", bound="Dataloader")
 # What the hub hands a worker.
 _JOBS = "jobs"  # take jobs from the queue
 _STOP = "stop"  # end (an idle worker, at the end of the run)
+_KEEP = "keep"  # finish this run's part, then wait in the thread's pool (keep_greenlets)
 _DEADLOCK = "deadlock"  # your wait can never end: raise
 
 
@@ -117,12 +119,13 @@ _KEEP_IDLE = 64
 class DataloaderStats:
     """Counters of one dataloader, for tests, debugging and benchmarks."""
 
-    __slots__ = ("fetches", "keys_fetched", "greenlets", "max_alive")
+    __slots__ = ("fetches", "keys_fetched", "greenlets", "reused", "max_alive")
 
     def __init__(self) -> None:
         self.fetches = 0  #: fetch() calls
         self.keys_fetched = 0  #: keys passed to fetch()
         self.greenlets = 0  #: worker greenlets started
+        self.reused = 0  #: kept greenlets taken from the thread's pool (keep_greenlets)
         self.max_alive = 0  #: most worker greenlets alive at once
 
     def __repr__(self) -> str:
@@ -214,6 +217,12 @@ class Dataloader:
     #: Resume a job as soon as its own keys are fetched, not when the whole
     #: round is (only AsyncDataloader's fetches overlap, so only it offers it).
     eager_resume = False
+    #: Opt-in: keep up to this many idle worker greenlets in a per-thread pool
+    #: when a run ends, for later runs of this class to reuse.  Starting and
+    #: ending a greenlet costs ~7 us, resuming a kept one ~0.7 us; each kept
+    #: greenlet holds ~11 KiB.  0 (the default): every greenlet a run started
+    #: has ended when run() returns.  See release_kept_greenlets().
+    keep_greenlets = 0
 
     def __init__(self, *, fiber_limit: Optional[int] = None) -> None:
         self.fiber_limit = _check_fiber_limit(fiber_limit)
@@ -271,6 +280,21 @@ class Dataloader:
         instances: Dict[Hashable, Source] = {}  # type: ignore[type-arg]
         self._sources[source_class] = instances
         return instances
+
+    @classmethod
+    def release_kept_greenlets(cls) -> int:
+        """End the greenlets this class keeps for reuse in the current thread.
+
+        Returns how many ended.  Only matters with ``keep_greenlets``.
+        """
+        kept = _kept_pool(cls)
+        count = 0
+        while kept:
+            worker = kept.pop()
+            worker.parent = getcurrent()
+            worker.throw()
+            count += 1
+        return count
 
     def clear_cache(self) -> None:
         """Forget the cached results of every source of this dataloader."""
@@ -575,17 +599,25 @@ class Dataloader:
             self._deliver(idle.pop(), task)
             return
         variables = self.get_fiber_variables()
-        worker = Worker(self._work, self._worker_parent(run), run)
-        run.workers[worker] = None
         stats = self.stats
+        kept = _kept_pool(type(self)) if self.keep_greenlets else None
+        if kept:
+            worker = kept.pop()
+            worker.parent = self._worker_parent(run)
+            worker.owner = run
+            run.workers[worker] = None
+            stats.reused += 1
+            self._deliver(worker, (run, variables, task))
+            return
+        worker = Worker(_worker_main, self._worker_parent(run), run)
+        run.workers[worker] = None
         stats.greenlets += 1
         if len(run.workers) > stats.max_alive:
             stats.max_alive = len(run.workers)
         self._deliver(worker, run, variables, task)
 
-    def _work(self, run: _Run, variables: Any, task: Any) -> None:
-        """The body of every worker greenlet."""
-        me: Worker = getcurrent()  # type: ignore[assignment]
+    def _serve(self, me: Worker, run: _Run, variables: Any, task: Any) -> bool:
+        """A worker's part in one run; returns whether it goes to the thread's pool."""
         base = None
         try:
             run.starting -= 1
@@ -596,7 +628,7 @@ class Dataloader:
                 base = Context()
             idle = run.idle
             concurrent = run.wake is not None
-            while task is not _STOP:
+            while task is not _STOP and task is not _KEEP:
                 # Each job and fetch gets its own copy of the worker's context.
                 # Swapping gr_context (rather than Context.run) keeps the job's
                 # frames in this eval loop: fewer C frames for greenlet to copy
@@ -615,8 +647,8 @@ class Dataloader:
                     task()
                 run.progress += 1
                 task = None  # drop the reference while idle
-                if len(idle) >= _KEEP_IDLE:
-                    return  # end now: ending later costs the same, plus two switches
+                if len(idle) >= _KEEP_IDLE and not self.keep_greenlets:
+                    return False  # end now: ending later costs the same, plus two switches
                 idle.append(me)
                 self._stopped_running(run)
                 task = self._suspend(run)
@@ -626,14 +658,16 @@ class Dataloader:
                 run.failure = run.failure or error
                 if run.wake is not None:
                     self._wake(run)  # now, not when the siblings in I/O are done
+            return False
         finally:
             run.workers.pop(me, None)
-            if not run.closing and task is not _STOP:
+            if not run.closing and task is not _STOP and task is not _KEEP:
                 self._stopped_running(run)
             if base is not None:
                 me.gr_context = base
             if run.cleanup:
                 self.cleanup_fiber()
+        return task is _KEEP
 
     # -- the primitives AsyncDataloader replaces --------------------------------
 
@@ -863,6 +897,7 @@ class Dataloader:
         errors: List[BaseException] = []
         idle = set(run.idle)
         here = getcurrent()
+        kept = _kept_pool(type(self)) if self.keep_greenlets and not failed else None
         for _ in range(3):
             if not run.workers:
                 break
@@ -874,7 +909,8 @@ class Dataloader:
                 worker.parent = here  # an ended greenlet returns to its parent: to us
                 try:
                     if worker in idle:
-                        worker.switch(_STOP)
+                        keep = kept is not None and len(kept) < self.keep_greenlets
+                        worker.switch(_KEEP if keep else _STOP)
                     else:
                         worker.throw()
                 except BaseException as error:  # a cleanup_fiber or finally that raised
@@ -929,3 +965,33 @@ class Dataloader:
             if source._pending and not source._queued:
                 source._queued = True
                 self._pending_sources.append(source)
+
+
+# -- workers and the kept-greenlet pools ------------------------------------------------
+
+# Per thread (keyed by the thread's main greenlet, which threading.local cannot
+# be under gevent's monkey-patching), per dataloader class: the kept workers.
+_pools: "weakref.WeakKeyDictionary[Any, Dict[type, List[Worker]]]" = weakref.WeakKeyDictionary()
+
+
+def _kept_pool(cls: type) -> List[Worker]:
+    root = getcurrent()
+    while root.parent is not None:
+        root = root.parent
+    pools = _pools.get(root)
+    if pools is None:
+        pools = _pools[root] = {}
+    return pools.setdefault(cls, [])
+
+
+def _worker_main(run: _Run, variables: Any, task: Any) -> None:
+    """The body of every worker greenlet: serve a run; if kept, wait for the next."""
+    me: Worker = getcurrent()  # type: ignore[assignment]
+    while run.dataloader._serve(me, run, variables, task):
+        kept = _kept_pool(type(run.dataloader))
+        kept.append(me)
+        hub = run.hub
+        me.owner = me.groups = me.waiting = me.batch = None
+        del run, variables, task
+        # Back to the hub closing the old run; resumed by the next run's _start.
+        run, variables, task = hub.switch()
