@@ -605,16 +605,16 @@ class Dataloader:
             worker = kept.pop()
             worker.parent = self._worker_parent(run)
             worker.owner = run
-            run.workers[worker] = None
             stats.reused += 1
-            self._deliver(worker, (run, variables, task))
-            return
-        worker = Worker(_worker_main, self._worker_parent(run), run)
+            arguments: Tuple[Any, ...] = ((run, variables, task),)  # what its pool wait returns
+        else:
+            worker = Worker(_worker_main, self._worker_parent(run), run)
+            stats.greenlets += 1
+            arguments = (run, variables, task)
         run.workers[worker] = None
-        stats.greenlets += 1
         if len(run.workers) > stats.max_alive:
             stats.max_alive = len(run.workers)
-        self._deliver(worker, run, variables, task)
+        self._deliver(worker, *arguments)
 
     def _serve(self, me: Worker, run: _Run, variables: Any, task: Any) -> bool:
         """A worker's part in one run; returns whether it goes to the thread's pool."""
