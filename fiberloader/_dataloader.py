@@ -610,7 +610,9 @@ class Dataloader:
         else:
             worker = Worker(_worker_main, self._worker_parent(run), run)
             stats.greenlets += 1
-            arguments = (run, variables, task)
+            # In a list the worker empties: a greenlet's first-switch
+            # arguments stay referenced for as long as it lives.
+            arguments = ([run, variables, task],)
         run.workers[worker] = None
         if len(run.workers) > stats.max_alive:
             stats.max_alive = len(run.workers)
@@ -984,14 +986,18 @@ def _kept_pool(cls: type) -> List[Worker]:
     return pools.setdefault(cls, [])
 
 
-def _worker_main(run: _Run, variables: Any, task: Any) -> None:
+def _worker_main(first: List[Any]) -> None:
     """The body of every worker greenlet: serve a run; if kept, wait for the next."""
     me: Worker = getcurrent()  # type: ignore[assignment]
+    run, variables, task = first
+    first.clear()
     while run.dataloader._serve(me, run, variables, task):
-        kept = _kept_pool(type(run.dataloader))
-        kept.append(me)
-        hub = run.hub
+        _kept_pool(type(run.dataloader)).append(me)
+        # Hold nothing of the run that is ending: not its context (which
+        # holds the dataloader and its caches), not its hub.
         me.owner = me.groups = me.waiting = me.batch = None
+        me.gr_context = None
         del run, variables, task
-        # Back to the hub closing the old run; resumed by the next run's _start.
-        run, variables, task = hub.switch()
+        # Back to the hub closing the old run (_close made it our parent);
+        # resumed by the next run's _start.
+        run, variables, task = me.parent.switch()  # type: ignore[union-attr]

@@ -93,3 +93,33 @@ def test_a_failed_run_keeps_nothing(scheduler: Type[Dataloader]) -> None:
     with pytest.raises(ZeroDivisionError):
         dataloader.run()
     assert len(live_greenlets()) == before
+
+
+def test_kept_greenlets_hold_nothing_of_the_finished_run(scheduler: Type[Dataloader]) -> None:
+    import gc
+    import weakref
+
+    cls, _ = keeping(scheduler, 64)
+
+    class Value:
+        pass
+
+    class Values(Recorder):
+        def fetch(self, keys: List[Any]) -> List[Any]:
+            return [Value() for _ in keys]
+
+    cls.release_kept_greenlets()
+    try:
+        dataloader = cls()
+        refs: List[Any] = []
+        for key in range(5):
+            dataloader.append_job(lambda key=key, dl=dataloader: refs.append(weakref.ref(dl.with_(Values).load(key))))
+        dataloader.run()
+        assert dataloader.stats.greenlets >= 5
+        ref = weakref.ref(dataloader)
+        del dataloader
+        gc.collect()
+        assert ref() is None  # neither the dataloader...
+        assert all(r() is None for r in refs)  # ...nor its cache outlives the run
+    finally:
+        cls.release_kept_greenlets()
