@@ -29,7 +29,15 @@ whose parent is the hub); the hub only decides who runs next.
 
 When ``run()`` returns or raises, every worker it started has ended: idle
 ones are stopped, parked ones (after a failure) get ``GreenletExit`` so
-their ``finally`` blocks and ``cleanup_fiber`` run.
+their ``finally`` blocks and ``cleanup_fiber`` run.  The one exception is
+opt-in: with ``keep_greenlets``, idle workers of a successful run wait in a
+per-thread pool, holding nothing of the run, for the next run to reuse.
+
+AsyncDataloader runs this same loop.  Only four primitives differ
+(``_deliver``, ``_suspend``, ``_block``, ``_wake``): there workers are
+gevent greenlets, many can be running at once, and the hub blocks until
+none is.  That is why workers book their own state (parked, idle) before
+they hand control back, and why the hub only ever reads it.
 
 Guarantees: every key is fetched at most once per cache lifetime (never
 twice while in flight); a job sees its loads resolved before it resumes;
