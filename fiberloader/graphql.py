@@ -538,10 +538,8 @@ class _ListLoop(_ExecutionLoop):
             return None
 
     def run_as_owner(self) -> List[Any]:
-        items, n = self.items, len(self.items)
+        n = len(self.items)
         concurrent = self.run.wake is not None
-        context, item_type, field_nodes, info, path = self.context, self.item_type, self.field_nodes, self.info, self.path
-        complete_value = context.complete_value  # type: ignore[attr-defined]
         values: List[Any] = []
         groups = self.enter()
         try:
@@ -551,15 +549,7 @@ class _ListLoop(_ExecutionLoop):
                 if concurrent and self.next < n:
                     self.dataloader._split(self.run, self)
                 try:
-                    item_path = path.add_key(index, None)
-                    try:  # complete_item, written out: once per list item
-                        if self.extra:
-                            value = complete_value(item_type, field_nodes, info, item_path, items[index], *self.extra)
-                        else:
-                            value = complete_value(item_type, field_nodes, info, item_path, items[index])
-                    except Exception as raw_error:
-                        context._item_failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
-                        value = None
+                    value = self.complete_item(index)
                 except Exception as error:  # a non-null item failed: the list fails
                     self.failed(index, error)
                 else:
