@@ -251,12 +251,8 @@ class Source(Generic[K, V]):
         Never suspends.  ``handle.load()`` later waits for (and returns) the
         value.  Lets one job queue keys of several sources before it waits.
         """
-        rk = key if self._plain_result_keys else self.result_key_for(key)
-        try:
-            cached = rk in self._results or rk in self._errors
-        except TypeError:
-            raise self._unhashable("request", key) from None
-        if not cached:
+        rk = self._checked_key("request", key)
+        if not self._resolved(rk):
             self._owner("request", key)
             self._enqueue(key, rk)
         return Request(self, key)
@@ -278,11 +274,7 @@ class Source(Generic[K, V]):
         self._owner("merge", next(iter(values), None))
         results, errors, pending = self._results, self._errors, self._pending
         for key, value in values.items():
-            rk = key if self._plain_result_keys else self.result_key_for(key)
-            try:
-                hash(rk)
-            except TypeError:
-                raise self._unhashable("merge", key) from None
+            rk = self._checked_key("merge", key)
             pending.pop(rk, None)
             if isinstance(value, Exception):
                 errors[rk] = value
@@ -303,11 +295,7 @@ class Source(Generic[K, V]):
     def clear(self, key: K) -> None:
         """Forget the cached value or error of one key."""
         if self.dataloader is not None:
-            rk = key if self._plain_result_keys else self.result_key_for(key)
-            try:
-                hash(rk)
-            except TypeError:
-                raise self._unhashable("clear", key) from None
+            rk = self._checked_key("clear", key)
             self._results.pop(rk, None)
             self._errors.pop(rk, None)
 
@@ -416,6 +404,22 @@ class Source(Generic[K, V]):
     def _resolved(self, rk: Hashable) -> bool:
         return rk in self._results or rk in self._errors
 
+    def _result_key(self, key: Any) -> Hashable:
+        """``result_key_for(key)``, without the call when it is not overridden.
+
+        ``load`` and ``load_all`` write this out: they are the hot paths.
+        """
+        return key if self._plain_result_keys else self.result_key_for(key)
+
+    def _checked_key(self, method: str, key: Any) -> Hashable:
+        """The result key of ``key``; a KeyTypeError naming ``method`` if unhashable."""
+        rk = self._result_key(key)
+        try:
+            hash(rk)
+        except TypeError:
+            raise self._unhashable(method, key) from None
+        return rk
+
     def _owner(self, method: str, key: Any) -> "Dataloader":
         dataloader = self.dataloader
         if dataloader is None:
@@ -434,7 +438,7 @@ class Source(Generic[K, V]):
     # -- error messages -----------------------------------------------------
 
     def _unhashable(self, method: str, key: Any) -> KeyTypeError:
-        rk = key if self._plain_result_keys else self.result_key_for(key)
+        rk = self._result_key(key)
         return KeyTypeError(
             f"{self!r}.{method}() needs hashable keys, but got {short_repr(key)} "
             f"({type(rk).__name__} is unhashable). Pass a hashable value (a tuple instead of "
@@ -491,9 +495,7 @@ class Request(Generic[K, V]):
 
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""
-        source = self.source
-        rk = self.key if source._plain_result_keys else source.result_key_for(self.key)
-        return source._resolved(rk)
+        return self.source._resolved(self.source._result_key(self.key))
 
     def __repr__(self) -> str:
         return f"<Request {self.source!r} {short_repr(self.key)}>"
@@ -515,8 +517,7 @@ class RequestAll(Generic[K, V]):
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""
         source = self.source
-        plain = source._plain_result_keys
-        return all(source._resolved(key if plain else source.result_key_for(key)) for key in self.keys)
+        return all(source._resolved(source._result_key(key)) for key in self.keys)
 
     def __repr__(self) -> str:
         return f"<RequestAll {self.source!r} {short_repr(self.keys)}>"
