@@ -798,6 +798,10 @@ class Dataloader:
             # map() loops on this stack must not stall while it waits: let
             # another worker carry on with their unstarted items.
             for group in reversed(groups):  # innermost first: the order plain code would take
+                if type(group) is list:  # an inline loop's mark: [loop, make_loop, ...]
+                    if group[0] is None:
+                        group[0] = group[1](run, worker, group)
+                    group = group[0]
                 self._split(run, group)
         if parked is not None:
             parked.append(worker)

@@ -122,14 +122,56 @@ class _Batching:
         run = getattr(worker, "owner", None)
         if run is None:  # one field (nothing to split), or no worker (NullDataloader)
             results = _base_execute_fields(self, parent_type, source_value, path, fields, *extra)
-        else:
-            items = self._field_items.get(id(fields))
-            if items is None:  # the same fields dict serves every object of a list
-                items = self._field_items[id(fields)] = (fields, list(fields.items()))
-            results = _FieldsLoop(self, run, worker, parent_type, source_value, path, items[1], extra).run_as_owner()
+        elif run.wake is None:
+            results = self._fields_inline(worker, parent_type, source_value, path, fields, extra)
+        else:  # a concurrent scheduler: a loop others can take over from the start
+            loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, self._items_of(fields), extra)
+            results = loop.run_as_owner({})
         if self._deferrals != deferrals:
             self._link_fields(results, parent_type, path, fields)
         return results
+
+    def _fields_inline(
+        self, worker: Worker, parent_type: Any, source: Any, path: Any, fields: Any, extra: Tuple[Any, ...]
+    ) -> Dict[str, Any]:
+        """graphql-core's loop over the fields, plus a mark the scheduler can split it at."""
+        results: Dict[str, Any] = {}
+        unstarted = iter(fields.items())
+        mark = [None, _FieldsLoop.from_mark, self, parent_type, source, path, unstarted, extra]
+        groups = worker.groups
+        if groups is None:
+            groups = worker.groups = []
+        groups.append(mark)
+        type_name = parent_type.name
+        execute_field = self.execute_field  # type: ignore[attr-defined]
+        try:
+            for name, field_nodes in unstarted:
+                try:
+                    if extra:
+                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name), *extra)
+                    else:
+                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
+                except Exception as error:  # a non-null field failed: its parent fails too
+                    if mark[0] is None:
+                        raise
+                    mark[0].failed(-1, error)
+                    break
+                if value is not Undefined:
+                    results[name] = value
+                if mark[0] is not None:  # the worker parked in this field: others took the rest
+                    break
+            else:
+                return results
+        finally:
+            groups.pop()
+        return mark[0].run_as_owner(results)  # type: ignore[no-any-return]
+
+    def _items_of(self, fields: Dict[str, Any]) -> List[Any]:
+        """The fields as a list: graphql-core reuses one dict for every object of a list."""
+        items = self._field_items.get(id(fields))
+        if items is None:  # the dict is kept with its list so that its id stays its own
+            items = self._field_items[id(fields)] = (fields, list(fields.items()))
+        return items[1]
 
     def _fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
         """execute_fields_serially: top-level mutation fields, one after another."""
@@ -156,11 +198,52 @@ class _Batching:
         deferrals = self._deferrals
         if run is None or len(items) < 2:
             values = plain(items)
-        else:
-            values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner()
+        elif run.wake is None:
+            values = self._items_inline(worker, item_type, field_nodes, info, path, items, extra)
+        else:  # a concurrent scheduler: a loop others can take over from the start
+            values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner([])
         if self._deferrals != deferrals:
             self._link_items(values, item_type, path)
         return values
+
+    def _items_inline(
+        self, worker: Worker, item_type: Any, field_nodes: Any, info: Any, path: Any, items: List[Any],
+        extra: Tuple[Any, ...],
+    ) -> List[Any]:
+        """graphql-core's loop over the items, plus a mark the scheduler can split it at."""
+        values: List[Any] = []  # also the index of the item running: len(values)
+        mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
+        groups = worker.groups
+        if groups is None:
+            groups = worker.groups = []
+        groups.append(mark)
+        complete_value = self.complete_value  # type: ignore[attr-defined]
+        add_key = path.add_key
+        try:
+            for index, item in enumerate(items):
+                item_path = add_key(index, None)
+                try:
+                    if extra:
+                        value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
+                    else:
+                        value = complete_value(item_type, field_nodes, info, item_path, item)
+                except Exception as raw_error:
+                    try:
+                        self._item_failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
+                    except Exception as error:  # a non-null item failed: the list fails
+                        if mark[0] is None:
+                            raise
+                        mark[0].failed(-1, error)
+                        break
+                    value = None
+                values.append(value)
+                if mark[0] is not None:  # the worker parked in this item: others took the rest
+                    break
+            else:
+                return values
+        finally:
+            groups.pop()
+        return mark[0].run_as_owner(values)  # type: ignore[no-any-return]
 
     # -- request handles: fields completed after their batch, without a greenlet ------
     #
@@ -378,11 +461,18 @@ class _Deferred:
 class _ExecutionLoop(SplitLoop):
     """A split loop of the executor: stops at the first item that raises, like graphql-core.
 
-    The owner runs its items with ``run_as_owner``, a loop written out for
-    speed: while no helper has started an item, it puts each result straight
-    into the container, in order -- graphql-core's own loop plus a few
-    attribute updates.  Once a helper has started (``results`` exists), the
-    owner stores by index too, and collects the rest after waiting.
+    Under ``Dataloader`` the owner runs the items in ``_fields_inline`` /
+    ``_items_inline``: graphql-core's own loop, which keeps a *mark* on the
+    worker's stack of loops -- ``[next, loop, from_mark, context, ...]``, a
+    list, the one allocation per object.  Only when the worker parks does
+    the scheduler turn a mark into one of these loop objects (``from_mark``),
+    for a helper to take the unstarted items; the owner sees ``mark[1]`` set
+    once its item returns and finishes in ``run_as_owner``.  Under a
+    concurrent scheduler the loop object exists from the start.
+
+    ``run_as_owner`` puts each result straight into the container while no
+    helper has stored one (``results`` is None); after that by index, and the
+    owner collects the rest once all are done.
     """
 
     __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started", "prefix")
@@ -408,6 +498,17 @@ class _ExecutionLoop(SplitLoop):
         self.started = 0
         self.prefix = 0  # items the owner put straight into the container
 
+    def key_of(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def put(self, container: Any, index: int, value: Any) -> None:
+        """Put the owner's result straight into the container (no helper result before it)."""
+        raise NotImplementedError
+
+    def collect(self, container: Any) -> None:
+        """The owner, all done: append the results stored by index, in order."""
+        raise NotImplementedError
+
     def store(self, index: int, value: Any) -> None:
         """A helper's result (or the owner's, once a helper has started)."""
         results = self.results
@@ -422,26 +523,61 @@ class _ExecutionLoop(SplitLoop):
             self.started = self.next  # items at or after `next` will never start
         self.stop()
 
-    def wait_then_raise(self, keys: List[Any]) -> None:
-        """The owner, its own items done: wait for the helpers', then raise the first failure."""
-        self.wait()
-        if self.failure is not None:
-            self.raise_failure(keys)
-
-    def raise_failure(self, keys: List[Any]) -> None:
-        """Raise the first failure; remember the later siblings that ran anyway."""
-        later = keys[self.failed_at + 1 : self.started]
-        if later:
-            prefix = self.path.as_list() if self.path is not None else []
-            self.context._aborted.append((prefix, set(later)))
-        raise self.failure  # type: ignore[misc]
-
-    def enter(self) -> List[Any]:
+    def run_as_owner(self, container: Any) -> Any:
+        """The owner: run the unstarted items, wait for the helpers', collect or raise."""
+        n = len(self.items)
+        concurrent = self.run.wake is not None
         groups = self.owner.groups
         if groups is None:
             groups = self.owner.groups = []
         groups.append(self)
-        return groups  # type: ignore[no-any-return]
+        try:
+            while self.next < n:
+                index = self.next
+                self.next = index + 1
+                if concurrent and self.next < n:
+                    self.dataloader._split(self.run, self)
+                try:
+                    value = self.run_owned(index)
+                except Exception as error:  # a non-null item failed: the container fails
+                    self.failed(index, error)
+                else:
+                    if self.results is None:  # no helper result yet: straight into the container
+                        self.put(container, index, value)
+                        self.prefix = index + 1
+                    else:
+                        self.store(index, value)
+                finally:
+                    self.remaining -= 1  # _finished, inlined: the owner is not waiting now
+        finally:
+            groups.pop()
+        self.wait()
+        if self.failure is not None:
+            self.raise_failure()
+        if self.results is not None:
+            self.collect(container)
+        return container
+
+    def run_owned(self, index: int) -> Any:
+        """Run item ``index``; return its value, or raise to fail the container."""
+        raise NotImplementedError
+
+    def run_item(self, index: int) -> None:
+        """A helper runs item ``index``."""
+        try:
+            value = self.run_owned(index)
+        except Exception as error:  # a non-null item failed: the container fails
+            self.failed(index, error)
+        else:
+            self.store(index, value)
+
+    def raise_failure(self) -> None:
+        """Raise the first failure; remember the later siblings that ran anyway."""
+        later = [self.key_of(index) for index in range(self.failed_at + 1, self.started)]
+        if later:
+            prefix = self.path.as_list() if self.path is not None else []
+            self.context._aborted.append((prefix, set(later)))
+        raise self.failure  # type: ignore[misc]
 
 
 class _FieldsLoop(_ExecutionLoop):
@@ -457,65 +593,38 @@ class _FieldsLoop(_ExecutionLoop):
         self.parent_type = parent_type
         self.source = source
 
-    def run_as_owner(self) -> Dict[str, Any]:
-        items, n = self.items, len(self.items)
-        parent_type, source, path, extra = self.parent_type, self.source, self.path, self.extra
-        type_name = parent_type.name
-        execute_field = self.context.execute_field  # type: ignore[attr-defined]
-        concurrent = self.run.wake is not None
-        results: Dict[str, Any] = {}
-        groups = self.enter()
-        try:
-            while self.next < n:
-                index = self.next
-                self.next = index + 1
-                if concurrent and self.next < n:
-                    self.dataloader._split(self.run, self)
-                name, field_nodes = items[index]
-                try:
-                    if extra:
-                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name), *extra)
-                    else:
-                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
-                except Exception as error:  # a non-null field failed: its parent fails too
-                    self.failed(index, error)
-                else:
-                    if self.results is None:
-                        if value is not Undefined:
-                            results[name] = value
-                        self.prefix = index + 1
-                    else:
-                        self.store(index, value)
-                finally:
-                    self.remaining -= 1  # _finished, inlined: the owner is not waiting now
-        finally:
-            groups.pop()
-        self.wait_then_raise([name for name, _ in items])
-        if self.results is not None:
-            for index in range(self.prefix, n):
-                value = self.results[index]
-                if value is not Undefined:
-                    results[items[index][0]] = value
-        return results
+    @classmethod
+    def from_mark(cls, run: Any, worker: Worker, mark: List[Any]) -> "_FieldsLoop":
+        """The fields the owner has not started yet, taken from its iterator."""
+        _, _, context, parent_type, source, path, unstarted, extra = mark
+        return cls(context, run, worker, parent_type, source, path, list(unstarted), extra)
 
-    def run_item(self, index: int) -> None:
+    def key_of(self, index: int) -> Any:
+        return self.items[index][0]
+
+    def put(self, container: Dict[str, Any], index: int, value: Any) -> None:
+        if value is not Undefined:
+            container[self.items[index][0]] = value
+
+    def collect(self, container: Dict[str, Any]) -> None:
+        items, results = self.items, self.results
+        for index in range(self.prefix, len(items)):
+            value = results[index]  # type: ignore[index]
+            if value is not Undefined:
+                container[items[index][0]] = value
+
+    def run_owned(self, index: int) -> Any:
         response_name, field_nodes = self.items[index]
         parent_type = self.parent_type
-        try:
-            value = self.context.execute_field(  # type: ignore[attr-defined]
-                parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name),
-                *self.extra,
-            )
-        except Exception as error:  # a non-null field failed: its parent fails too
-            self.failed(index, error)
-        else:
-            self.store(index, value)
+        return self.context.execute_field(  # type: ignore[attr-defined]
+            parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name), *self.extra
+        )
 
 
 class _ListLoop(_ExecutionLoop):
     """The items of one list value."""
 
-    __slots__ = ("item_type", "field_nodes", "info")
+    __slots__ = ("item_type", "field_nodes", "info", "offset")
 
     def __init__(
         self, context: _Batching, run: Any, owner: Worker, item_type: Any, field_nodes: Any,
@@ -525,10 +634,29 @@ class _ListLoop(_ExecutionLoop):
         self.item_type = item_type
         self.field_nodes = field_nodes
         self.info = info
+        self.offset = 0  # the index in the list value of items[0]
 
-    def complete_item(self, index: int) -> Any:
+    @classmethod
+    def from_mark(cls, run: Any, worker: Worker, mark: List[Any]) -> "_ListLoop":
+        """The items after the one the owner is running (the ``len(values)``-th)."""
+        _, _, context, item_type, field_nodes, info, path, items, extra, values = mark
+        offset = len(values) + 1
+        loop = cls(context, run, worker, item_type, field_nodes, info, path, items[offset:], extra)
+        loop.offset = offset
+        return loop
+
+    def key_of(self, index: int) -> Any:
+        return self.offset + index
+
+    def put(self, container: List[Any], index: int, value: Any) -> None:
+        container.append(value)
+
+    def collect(self, container: List[Any]) -> None:
+        container.extend(self.results[self.prefix :])  # type: ignore[index]
+
+    def run_owned(self, index: int) -> Any:
         context = self.context
-        item_path = self.path.add_key(index, None)
+        item_path = self.path.add_key(self.offset + index, None)
         try:
             return context.complete_value(  # type: ignore[attr-defined]
                 self.item_type, self.field_nodes, self.info, item_path, self.items[index], *self.extra
@@ -536,44 +664,6 @@ class _ListLoop(_ExecutionLoop):
         except Exception as raw_error:
             context._item_failed(raw_error, self.item_type, self.field_nodes, item_path)  # raises if non-null
             return None
-
-    def run_as_owner(self) -> List[Any]:
-        n = len(self.items)
-        concurrent = self.run.wake is not None
-        values: List[Any] = []
-        groups = self.enter()
-        try:
-            while self.next < n:
-                index = self.next
-                self.next = index + 1
-                if concurrent and self.next < n:
-                    self.dataloader._split(self.run, self)
-                try:
-                    value = self.complete_item(index)
-                except Exception as error:  # a non-null item failed: the list fails
-                    self.failed(index, error)
-                else:
-                    if self.results is None:
-                        values.append(value)
-                        self.prefix = index + 1
-                    else:
-                        self.store(index, value)
-                finally:
-                    self.remaining -= 1  # _finished, inlined: the owner is not waiting now
-        finally:
-            groups.pop()
-        self.wait_then_raise(list(range(n)))
-        if self.results is not None:
-            values.extend(self.results[self.prefix :])
-        return values
-
-    def run_item(self, index: int) -> None:
-        try:
-            value = self.complete_item(index)
-        except Exception as error:  # a non-null item failed: the list fails
-            self.failed(index, error)
-        else:
-            self.store(index, value)
 
 
 if not GRAPHQL_CORE_3_3:
@@ -611,7 +701,7 @@ if not GRAPHQL_CORE_3_3:
             parent: Any = super()
             return self._items(
                 lambda items: parent.complete_list_value(return_type, field_nodes, info, path, items),
-                return_type.of_type, field_nodes, info, path, list(result), (),
+                return_type.of_type, field_nodes, info, path, result if type(result) is list else list(result), (),
             )
 
         def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
@@ -663,7 +753,7 @@ else:
             parent: Any = super()
             return self._items(
                 lambda values: parent.complete_iterable_value(item_type, field_nodes, info, path, values, position_context),
-                item_type, field_nodes, info, path, list(items), (position_context,),
+                item_type, field_nodes, info, path, items if type(items) is list else list(items), (position_context,),
             )
 
         def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:

@@ -78,6 +78,7 @@ type Query {
   node(kind: String!, id: Int!): Node
   things: [Thing]
   generated: [User]
+  maybeUsers: [User]
   shout(text: String!): Upper
   failing: String
   strict: String!
@@ -95,6 +96,8 @@ type Post implements Node {
   comments: [Comment!]!
   laterError: String
   missingAuthor: User!
+  firstAuthorMissing: User!
+  secondTitleNull: String!
   authorH: User
   strictAuthorH: User!
   commentsH: [Comment!]!
@@ -116,6 +119,7 @@ def make_schema() -> GraphQLSchema:
     fields["node"].resolve = lambda _, info, kind, id: load(Users, id) if kind == "user" else POSTS[id]
     fields["things"].resolve = lambda _, info: [load(Users, 1), POSTS[2], None, load(Users, 3)]
     fields["generated"].resolve = lambda _, info: (load(Users, i) for i in range(4))
+    fields["maybeUsers"].resolve = lambda _, info: [ValueError("no user"), USERS[2], ValueError("nor here")]
     fields["shout"].resolve = lambda _, info, text: text
     fields["failing"].resolve = lambda _, info: (_ for _ in ()).throw(ValueError("root failure"))
     fields["strict"].resolve = lambda _, info: None
@@ -130,6 +134,8 @@ def make_schema() -> GraphQLSchema:
     pf["comments"].resolve = lambda p, info: load(CommentsOf, p["id"])
     pf["laterError"].resolve = lambda p, info: (_ for _ in ()).throw(RuntimeError(f"later {p['id']}"))
     pf["missingAuthor"].resolve = lambda p, info: load(Users, 999) if p["id"] % 5 == 4 else load(Users, 1)
+    pf["firstAuthorMissing"].resolve = lambda p, info: load(Users, 999 if p["id"] == 0 else 1)
+    pf["secondTitleNull"].resolve = lambda p, info: None if p["id"] == 1 else p["title"]
     comment.fields["author"].resolve = lambda c, info: load(Users, c["author_id"])  # type: ignore[union-attr]
     # The same fields through request handles (the fast path):
     pf["authorH"].resolve = lambda p, info: request(Users, p["author_id"])
@@ -170,6 +176,10 @@ QUERIES = {
     "non-null error nulls the post": "{ posts(first: 6) { id strictAuthor { name } comments { body } } }",
     "later sibling errors dropped after non-null failure": "{ post(id: 3) { strictAuthor { name } laterError author { name } } }",
     "non-null failure in list item nulls whole list": "{ posts { id missingAuthor { name } laterError } }",
+    "non-null failure in the first item, after its load": "{ posts(first: 4) { id firstAuthorMissing { name } laterError } }",
+    "non-null failure in an item, no load": "{ posts(first: 3) { id secondTitleNull } }",
+    "non-null failure in an item, loads before it": "{ posts(first: 4) { author { name } secondTitleNull laterError } }",
+    "nullable list items that fail": "{ maybeUsers { id author: posts { author { name } } } }",
     "non-null root field": "{ posts(first: 2) { id } strict }",
     "missing key is a located error": "{ posts(first: 5) { id missingAuthor { id } } }",
     # request handles, alone and mixed with plain loads:
