@@ -251,11 +251,16 @@ class Source(Generic[K, V]):
         Never suspends.  ``handle.load()`` later waits for (and returns) the
         value.  Lets one job queue keys of several sources before it waits.
         """
-        rk = self._checked_key("request", key)
-        if not self._resolved(rk):
+        rk = key if self._plain_result_keys else self.result_key_for(key)
+        try:
+            if rk in self._results:  # the GraphQL fast path: served from the cache
+                return Request(self, key, rk)
+        except TypeError:
+            raise self._unhashable("request", key) from None
+        if rk not in self._errors:
             self._owner("request", key)
             self._enqueue(key, rk)
-        return Request(self, key)
+        return Request(self, key, rk)
 
     def request_all(self, keys: Iterable[K]) -> "RequestAll[K, V]":
         """Register every key of ``keys`` now; ``handle.load()`` returns the list."""
@@ -483,11 +488,12 @@ class Source(Generic[K, V]):
 class Request(Generic[K, V]):
     """A key registered with :meth:`Source.request`; ``load()`` gets its value."""
 
-    __slots__ = ("source", "key")
+    __slots__ = ("source", "key", "rk")
 
-    def __init__(self, source: Source[K, V], key: K) -> None:
+    def __init__(self, source: Source[K, V], key: K, rk: Hashable) -> None:
         self.source = source
         self.key = key
+        self.rk = rk  # the key's result key
 
     def load(self) -> V:
         """The value.  May suspend the calling job until the batch is fetched."""
@@ -495,7 +501,7 @@ class Request(Generic[K, V]):
 
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""
-        return self.source._resolved(self.source._result_key(self.key))
+        return self.source._resolved(self.rk)
 
     def __repr__(self) -> str:
         return f"<Request {self.source!r} {short_repr(self.key)}>"

@@ -70,6 +70,7 @@ if GRAPHQL_CORE_3_3:
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
 _base_complete_value = _Base.complete_value
+_MISSING = object()
 _base_execute_fields = _Base.execute_fields
 
 
@@ -115,56 +116,55 @@ class _Batching:
         finally:
             self._drop_errors_of_aborted_siblings()
 
-    def _fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
-        """execute_fields: the fields of one object as a split loop."""
+    def execute_fields(self, parent_type: Any, source: Any, path: Any, fields: Any, *extra: Any) -> Any:
+        """The fields of one object: graphql-core's loop, plus a mark to split it at.
+
+        ``extra`` is graphql-core 3.3's ``position_context``.  Under
+        ``Dataloader`` the loop runs inline and leaves a mark on the worker's
+        stack of loops, which the scheduler turns into a ``_FieldsLoop`` only
+        if the worker parks (see ``_ExecutionLoop``).
+        """
         deferrals = self._deferrals
         worker: Worker = getcurrent() if len(fields) > 1 else None  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         if run is None:  # one field (nothing to split), or no worker (NullDataloader)
-            results = _base_execute_fields(self, parent_type, source_value, path, fields, *extra)
-        elif run.wake is None:
-            results = self._fields_inline(worker, parent_type, source_value, path, fields, extra)
-        else:  # a concurrent scheduler: a loop others can take over from the start
-            loop = _FieldsLoop(self, run, worker, parent_type, source_value, path, self._items_of(fields), extra)
+            results = _base_execute_fields(self, parent_type, source, path, fields, *extra)
+        elif run.wake is not None:  # a concurrent scheduler: a loop others can take over from the start
+            loop = _FieldsLoop(self, run, worker, parent_type, source, path, self._items_of(fields), extra)
             results = loop.run_as_owner({})
+        else:
+            results = {}
+            unstarted = iter(fields.items())
+            mark = [None, _FieldsLoop.from_mark, self, parent_type, source, path, unstarted, extra]
+            groups = worker.groups
+            if groups is None:
+                groups = worker.groups = []
+            groups.append(mark)
+            type_name = parent_type.name
+            execute_field = self.execute_field  # type: ignore[attr-defined]
+            try:
+                for name, field_nodes in unstarted:
+                    try:
+                        if extra:
+                            value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name), *extra)
+                        else:
+                            value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
+                    except Exception as error:  # a non-null field failed: its parent fails too
+                        if mark[0] is None:
+                            raise
+                        mark[0].failed(-1, error)
+                        break
+                    if value is not Undefined:
+                        results[name] = value
+                    if mark[0] is not None:  # the worker parked in this field: others took the rest
+                        break
+            finally:
+                groups.pop()
+            if mark[0] is not None:
+                results = mark[0].run_as_owner(results)
         if self._deferrals != deferrals:
             self._link_fields(results, parent_type, path, fields)
         return results
-
-    def _fields_inline(
-        self, worker: Worker, parent_type: Any, source: Any, path: Any, fields: Any, extra: Tuple[Any, ...]
-    ) -> Dict[str, Any]:
-        """graphql-core's loop over the fields, plus a mark the scheduler can split it at."""
-        results: Dict[str, Any] = {}
-        unstarted = iter(fields.items())
-        mark = [None, _FieldsLoop.from_mark, self, parent_type, source, path, unstarted, extra]
-        groups = worker.groups
-        if groups is None:
-            groups = worker.groups = []
-        groups.append(mark)
-        type_name = parent_type.name
-        execute_field = self.execute_field  # type: ignore[attr-defined]
-        try:
-            for name, field_nodes in unstarted:
-                try:
-                    if extra:
-                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name), *extra)
-                    else:
-                        value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
-                except Exception as error:  # a non-null field failed: its parent fails too
-                    if mark[0] is None:
-                        raise
-                    mark[0].failed(-1, error)
-                    break
-                if value is not Undefined:
-                    results[name] = value
-                if mark[0] is not None:  # the worker parked in this field: others took the rest
-                    break
-            else:
-                return results
-        finally:
-            groups.pop()
-        return mark[0].run_as_owner(results)  # type: ignore[no-any-return]
 
     def _items_of(self, fields: Dict[str, Any]) -> List[Any]:
         """The fields as a list: graphql-core reuses one dict for every object of a list."""
@@ -173,8 +173,8 @@ class _Batching:
             items = self._field_items[id(fields)] = (fields, list(fields.items()))
         return items[1]
 
-    def _fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any, extra: Tuple[Any, ...]) -> Any:
-        """execute_fields_serially: top-level mutation fields, one after another."""
+    def execute_fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any, *extra: Any) -> Any:
+        """Top-level mutation fields, one after another."""
         dataloader = current_dataloader()
         results = {}
         for response_name, field_nodes in fields.items():
@@ -192,58 +192,54 @@ class _Batching:
         return results
 
     def _items(self, plain: Any, item_type: Any, field_nodes: Any, info: Any, path: Any, items: List[Any], extra: Tuple[Any, ...]) -> Any:
-        """The items of one list value as a split loop (``plain`` for short lists)."""
+        """The items of one list value: graphql-core's loop, plus a mark to split it at.
+
+        ``plain`` completes short lists as graphql-core does.  Under
+        ``Dataloader`` the loop runs inline (as ``execute_fields``); the item
+        running is the ``len(values)``-th.
+        """
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         deferrals = self._deferrals
         if run is None or len(items) < 2:
             values = plain(items)
-        elif run.wake is None:
-            values = self._items_inline(worker, item_type, field_nodes, info, path, items, extra)
-        else:  # a concurrent scheduler: a loop others can take over from the start
+        elif run.wake is not None:  # a concurrent scheduler: a loop others can take over from the start
             values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner([])
+        else:
+            values = []
+            mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
+            groups = worker.groups
+            if groups is None:
+                groups = worker.groups = []
+            groups.append(mark)
+            complete_value = self.complete_value
+            try:
+                for index, item in enumerate(items):
+                    item_path = path.add_key(index, None)
+                    try:
+                        if extra:
+                            value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
+                        else:
+                            value = complete_value(item_type, field_nodes, info, item_path, item)
+                    except Exception as raw_error:
+                        try:
+                            self._item_failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
+                        except Exception as error:  # a non-null item failed: the list fails
+                            if mark[0] is None:
+                                raise
+                            mark[0].failed(-1, error)
+                            break
+                        value = None
+                    values.append(value)
+                    if mark[0] is not None:  # the worker parked in this item: others took the rest
+                        break
+            finally:
+                groups.pop()
+            if mark[0] is not None:
+                values = mark[0].run_as_owner(values)
         if self._deferrals != deferrals:
             self._link_items(values, item_type, path)
         return values
-
-    def _items_inline(
-        self, worker: Worker, item_type: Any, field_nodes: Any, info: Any, path: Any, items: List[Any],
-        extra: Tuple[Any, ...],
-    ) -> List[Any]:
-        """graphql-core's loop over the items, plus a mark the scheduler can split it at."""
-        values: List[Any] = []  # also the index of the item running: len(values)
-        mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
-        groups = worker.groups
-        if groups is None:
-            groups = worker.groups = []
-        groups.append(mark)
-        complete_value = self.complete_value  # type: ignore[attr-defined]
-        add_key = path.add_key
-        try:
-            for index, item in enumerate(items):
-                item_path = add_key(index, None)
-                try:
-                    if extra:
-                        value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
-                    else:
-                        value = complete_value(item_type, field_nodes, info, item_path, item)
-                except Exception as raw_error:
-                    try:
-                        self._item_failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
-                    except Exception as error:  # a non-null item failed: the list fails
-                        if mark[0] is None:
-                            raise
-                        mark[0].failed(-1, error)
-                        break
-                    value = None
-                values.append(value)
-                if mark[0] is not None:  # the worker parked in this item: others took the rest
-                    break
-            else:
-                return values
-        finally:
-            groups.pop()
-        return mark[0].run_as_owner(values)  # type: ignore[no-any-return]
 
     # -- request handles: fields completed after their batch, without a greenlet ------
     #
@@ -258,13 +254,27 @@ class _Batching:
     # outcome until the loop links it; a failure that reaches a container
     # whose link is not known yet is held until it is.
 
+    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any, *extra: Any) -> Any:
+        """graphql-core's, except for a request handle (``extra``: 3.3's position_context)."""
+        if type(result) is Request or type(result) is RequestAll:
+            return self._complete_handle(return_type, field_nodes, info, path, result, extra)
+        if extra:
+            return _base_complete_value(self, return_type, field_nodes, info, path, result, *extra)
+        return _base_complete_value(self, return_type, field_nodes, info, path, result)
+
     def _complete_handle(
         self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any, extra: Tuple[Any, ...]
     ) -> Any:
         """A resolver returned a request handle: complete now if its keys are in, else later."""
+        if type(handle) is Request:  # served from the cache: complete it now
+            value = handle.source._results.get(handle.rk, _MISSING)
+            if value is not _MISSING:
+                if extra:
+                    return _base_complete_value(self, return_type, field_nodes, info, path, value, *extra)
+                return _base_complete_value(self, return_type, field_nodes, info, path, value)
         run = getattr(getcurrent(), "owner", None)
         if run is None or handle.ready() or run.dataloader is not handle.source.dataloader:
-            return _Base.complete_value(self, return_type, field_nodes, info, path, handle.load(), *extra)
+            return _base_complete_value(self, return_type, field_nodes, info, path, handle.load(), *extra)
         deferred = _Deferred(self, return_type, field_nodes, info, path, handle, extra)
         self._deferrals += 1
         pending = self._pending
@@ -281,7 +291,7 @@ class _Batching:
             value = deferred.handle.load()  # in the cache by now (else this job waits)
             while type(value) is Request or type(value) is RequestAll:  # a handle to a handle
                 value = value.load()
-            completed = _Base.complete_value(
+            completed = _base_complete_value(
                 self, deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value,
                 *deferred.extra,
             )
@@ -461,8 +471,8 @@ class _Deferred:
 class _ExecutionLoop(SplitLoop):
     """A split loop of the executor: stops at the first item that raises, like graphql-core.
 
-    Under ``Dataloader`` the owner runs the items in ``_fields_inline`` /
-    ``_items_inline``: graphql-core's own loop, which keeps a *mark* on the
+    Under ``Dataloader`` the owner runs the items in ``execute_fields`` /
+    ``_items``: graphql-core's own loop, which keeps a *mark* on the
     worker's stack of loops -- ``[next, loop, from_mark, context, ...]``, a
     list, the one allocation per object.  Only when the worker parks does
     the scheduler turn a mark into one of these loop objects (``from_mark``),
@@ -658,7 +668,7 @@ class _ListLoop(_ExecutionLoop):
         context = self.context
         item_path = self.path.add_key(self.offset + index, None)
         try:
-            return context.complete_value(  # type: ignore[attr-defined]
+            return context.complete_value(
                 self.item_type, self.field_nodes, self.info, item_path, self.items[index], *self.extra
             )
         except Exception as raw_error:
@@ -683,17 +693,6 @@ if not GRAPHQL_CORE_3_3:
             return self._in_dataloader(
                 lambda: self._execute_root(lambda: parent.execute_operation(operation, root_value))
             )
-
-        def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any) -> Any:
-            return self._fields(parent_type, source_value, path, fields, ())
-
-        def execute_fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any) -> Any:
-            return self._fields_serially(parent_type, source_value, path, fields, ())
-
-        def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
-            if type(result) is Request or type(result) is RequestAll:
-                return self._complete_handle(return_type, field_nodes, info, path, result, ())
-            return _base_complete_value(self, return_type, field_nodes, info, path, result)
 
         def complete_list_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
             if not is_iterable(result) or getattr(getcurrent(), "owner", None) is None:
@@ -729,21 +728,6 @@ else:
         def execute_collected_root_fields(self, *args: Any) -> Any:
             parent: Any = super()
             return self._execute_root(lambda: parent.execute_collected_root_fields(*args))
-
-        def execute_fields(self, parent_type: Any, source_value: Any, path: Any, fields: Any, position_context: Any) -> Any:
-            return self._fields(parent_type, source_value, path, fields, (position_context,))
-
-        def execute_fields_serially(
-            self, parent_type: Any, source_value: Any, path: Any, fields: Any, position_context: Any
-        ) -> Any:
-            return self._fields_serially(parent_type, source_value, path, fields, (position_context,))
-
-        def complete_value(
-            self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any, position_context: Any
-        ) -> Any:
-            if type(result) is Request or type(result) is RequestAll:
-                return self._complete_handle(return_type, field_nodes, info, path, result, (position_context,))
-            return _Base.complete_value(self, return_type, field_nodes, info, path, result, position_context)
 
         def complete_iterable_value(
             self, item_type: Any, field_nodes: Any, info: Any, path: Any, items: Any, position_context: Any
