@@ -67,9 +67,12 @@ GRAPHQL_CORE_3_3 = _Base is None  # 3.3 renamed it Executor, with other signatur
 if GRAPHQL_CORE_3_3:
     _Base = importlib.import_module("graphql.execution.executor").Executor
     from graphql.execution.executor import to_nodes as _to_nodes  # type: ignore[import-not-found]
+    from graphql.execution.values import get_argument_values as _get_argument_values
+else:
+    from graphql.execution.execute import get_field_def as _get_field_def
+    from graphql.execution.values import get_argument_values as _get_argument_values
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
-_base_complete_value = _Base.complete_value
 _MISSING = object()
 _base_execute_fields = _Base.execute_fields
 
@@ -191,39 +194,42 @@ class _Batching:
                     self._wait_for_deferred()  # this mutation is done before the next starts
         return results
 
-    def _items(self, plain: Any, item_type: Any, field_nodes: Any, info: Any, path: Any, items: List[Any], extra: Tuple[Any, ...]) -> Any:
+    def _items(
+        self, item_type: Any, field_nodes: Any, info: Any, path: Any, items: List[Any], extra: Tuple[Any, ...]
+    ) -> List[Any]:
         """The items of one list value: graphql-core's loop, plus a mark to split it at.
 
-        ``plain`` completes short lists as graphql-core does.  Under
-        ``Dataloader`` the loop runs inline (as ``execute_fields``); the item
+        Items may be request handles.  Under ``Dataloader`` the loop leaves a
+        mark on the worker's stack of loops (as ``execute_fields``); the item
         running is the ``len(values)``-th.
         """
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         deferrals = self._deferrals
-        if run is None or len(items) < 2:
-            values = plain(items)
-        elif run.wake is not None:  # a concurrent scheduler: a loop others can take over from the start
+        if run is not None and run.wake is not None and len(items) > 1:  # a concurrent scheduler
             values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner([])
         else:
             values = []
             mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
-            groups = worker.groups
-            if groups is None:
+            groups = worker.groups if run is not None and len(items) > 1 else None
+            if groups is None and run is not None and len(items) > 1:
                 groups = worker.groups = []
-            groups.append(mark)
-            complete_value = self.complete_value
+            if groups is not None:
+                groups.append(mark)
+            complete_value = self.complete_value  # type: ignore[attr-defined]
             try:
                 for index, item in enumerate(items):
                     item_path = path.add_key(index, None)
                     try:
-                        if extra:
+                        if type(item) is Request or type(item) is RequestAll:
+                            value = self._complete_handle(item_type, field_nodes, info, item_path, item, extra)
+                        elif extra:
                             value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
                         else:
                             value = complete_value(item_type, field_nodes, info, item_path, item)
                     except Exception as raw_error:
                         try:
-                            self._item_failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
+                            self._failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
                         except Exception as error:  # a non-null item failed: the list fails
                             if mark[0] is None:
                                 raise
@@ -234,12 +240,13 @@ class _Batching:
                     if mark[0] is not None:  # the worker parked in this item: others took the rest
                         break
             finally:
-                groups.pop()
+                if groups is not None:
+                    groups.pop()
             if mark[0] is not None:
                 values = mark[0].run_as_owner(values)
         if self._deferrals != deferrals:
             self._link_items(values, item_type, path)
-        return values
+        return values  # type: ignore[no-any-return]
 
     # -- request handles: fields completed after their batch, without a greenlet ------
     #
@@ -254,13 +261,25 @@ class _Batching:
     # outcome until the loop links it; a failure that reaches a container
     # whose link is not known yet is held until it is.
 
-    def complete_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any, *extra: Any) -> Any:
-        """graphql-core's, except for a request handle (``extra``: 3.3's position_context)."""
-        if type(result) is Request or type(result) is RequestAll:
-            return self._complete_handle(return_type, field_nodes, info, path, result, extra)
-        if extra:
-            return _base_complete_value(self, return_type, field_nodes, info, path, result, *extra)
-        return _base_complete_value(self, return_type, field_nodes, info, path, result)
+    async def _awaited(
+        self, return_type: Any, field_nodes: Any, info: Any, path: Any, awaitable: Any, complete: bool,
+        extra: Tuple[Any, ...],
+    ) -> Any:
+        """A resolver's awaitable result (``complete``), or an awaitable completion.
+
+        What graphql-core does with them; a synchronous execution reports them
+        as graphql-core reports them.
+        """
+        try:
+            value = await awaitable
+            if complete:
+                value = self.complete_value(return_type, field_nodes, info, path, value, *extra)  # type: ignore[attr-defined]
+                if self.is_awaitable(value):  # type: ignore[attr-defined]
+                    value = await value
+            return value
+        except Exception as raw_error:
+            self._failed(raw_error, return_type, field_nodes, path)
+            return None
 
     def _complete_handle(
         self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any, extra: Tuple[Any, ...]
@@ -268,13 +287,23 @@ class _Batching:
         """A resolver returned a request handle: complete now if its keys are in, else later."""
         if type(handle) is Request:  # served from the cache: complete it now
             value = handle.source._results.get(handle.rk, _MISSING)
-            if value is not _MISSING:
-                if extra:
-                    return _base_complete_value(self, return_type, field_nodes, info, path, value, *extra)
-                return _base_complete_value(self, return_type, field_nodes, info, path, value)
-        run = getattr(getcurrent(), "owner", None)
-        if run is None or handle.ready() or run.dataloader is not handle.source.dataloader:
-            return _base_complete_value(self, return_type, field_nodes, info, path, handle.load(), *extra)
+        else:
+            value = _MISSING
+        if value is _MISSING:
+            run = getattr(getcurrent(), "owner", None)
+            if run is not None and not handle.ready() and run.dataloader is handle.source.dataloader:
+                return self._defer(run, return_type, field_nodes, info, path, handle, extra)
+            value = handle.load()  # ready, or no batching here (NullDataloader, another dataloader's)
+        if type(value) is Request or type(value) is RequestAll:  # a handle to a handle
+            return self._complete_handle(return_type, field_nodes, info, path, value, extra)
+        if extra:
+            return self.complete_value(return_type, field_nodes, info, path, value, *extra)  # type: ignore[attr-defined]
+        return self.complete_value(return_type, field_nodes, info, path, value)  # type: ignore[attr-defined]
+
+    def _defer(
+        self, run: Any, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any, extra: Tuple[Any, ...]
+    ) -> "_Deferred":
+        """Complete the field after the next fetch; a placeholder stands in for it meanwhile."""
         deferred = _Deferred(self, return_type, field_nodes, info, path, handle, extra)
         self._deferrals += 1
         pending = self._pending
@@ -291,9 +320,8 @@ class _Batching:
             value = deferred.handle.load()  # in the cache by now (else this job waits)
             while type(value) is Request or type(value) is RequestAll:  # a handle to a handle
                 value = value.load()
-            completed = _base_complete_value(
-                self, deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value,
-                *deferred.extra,
+            completed = self.complete_value(  # type: ignore[attr-defined]
+                deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value, *deferred.extra
             )
             if self._deferrals != deferrals and isinstance(completed, (dict, list)):
                 deferred.subtree = completed  # it holds deferred fields of its own
@@ -390,9 +418,9 @@ class _Batching:
         """Record a located error, or raise it for a non-null type (handle_field_error)."""
         raise NotImplementedError
 
-    def _item_failed(self, raw_error: Exception, item_type: Any, field_nodes: Any, item_path: Any) -> None:
-        """A list item raised: locate it, then as ``_field_error``."""
-        self._field_error(self._locate(raw_error, field_nodes, item_path), item_type, item_path)
+    def _failed(self, raw_error: Exception, return_type: Any, field_nodes: Any, path: Any) -> None:
+        """A field or list item raised: locate it, then as ``_field_error``."""
+        self._field_error(self._locate(raw_error, field_nodes, path), return_type, path)
 
     def _locate(self, raw_error: Exception, field_nodes: Any, path: Any) -> GraphQLError:
         return located_error(raw_error, field_nodes, path.as_list())
@@ -667,12 +695,15 @@ class _ListLoop(_ExecutionLoop):
     def run_owned(self, index: int) -> Any:
         context = self.context
         item_path = self.path.add_key(self.offset + index, None)
+        item = self.items[index]
         try:
-            return context.complete_value(
-                self.item_type, self.field_nodes, self.info, item_path, self.items[index], *self.extra
+            if type(item) is Request or type(item) is RequestAll:
+                return context._complete_handle(self.item_type, self.field_nodes, self.info, item_path, item, self.extra)
+            return context.complete_value(  # type: ignore[attr-defined]
+                self.item_type, self.field_nodes, self.info, item_path, item, *self.extra
             )
         except Exception as raw_error:
-            context._item_failed(raw_error, self.item_type, self.field_nodes, item_path)  # raises if non-null
+            context._failed(raw_error, self.item_type, self.field_nodes, item_path)  # raises if non-null
             return None
 
 
@@ -694,14 +725,38 @@ if not GRAPHQL_CORE_3_3:
                 lambda: self._execute_root(lambda: parent.execute_operation(operation, root_value))
             )
 
+        def execute_field(self, parent_type: Any, source: Any, field_nodes: Any, path: Any) -> Any:
+            """graphql-core's ``execute_field``, written out so that a returned handle is seen."""
+            field_def = _get_field_def(self.schema, parent_type, field_nodes[0])
+            if not field_def:
+                return Undefined
+            return_type = field_def.type
+            resolve_fn = field_def.resolve or self.field_resolver
+            if self.middleware_manager:
+                resolve_fn = self.middleware_manager.get_field_resolver(resolve_fn)
+            info = self.build_resolve_info(field_def, field_nodes, parent_type, path)
+            try:
+                if field_def.args:
+                    result = resolve_fn(source, info, **_get_argument_values(field_def, field_nodes[0], self.variable_values))
+                else:  # no ** call: one C stack frame less under a parked resolver
+                    result = resolve_fn(source, info)
+                if type(result) is Request or type(result) is RequestAll:
+                    return self._complete_handle(return_type, field_nodes, info, path, result, ())
+                if self.is_awaitable(result):
+                    return self._awaited(return_type, field_nodes, info, path, result, True, ())
+                completed = self.complete_value(return_type, field_nodes, info, path, result)
+                if self.is_awaitable(completed):
+                    return self._awaited(return_type, field_nodes, info, path, completed, False, ())
+                return completed
+            except Exception as raw_error:
+                self._failed(raw_error, return_type, field_nodes, path)
+                return None
+
         def complete_list_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
-            if not is_iterable(result) or getattr(getcurrent(), "owner", None) is None:
+            if not is_iterable(result):  # graphql-core's error
                 return super().complete_list_value(return_type, field_nodes, info, path, result)
-            parent: Any = super()
-            return self._items(
-                lambda items: parent.complete_list_value(return_type, field_nodes, info, path, items),
-                return_type.of_type, field_nodes, info, path, result if type(result) is list else list(result), (),
-            )
+            items = result if type(result) is list else list(result)
+            return self._items(return_type.of_type, field_nodes, info, path, items, ())
 
         def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
             if _ERROR_HANDLER_TAKES_PATH:
@@ -729,22 +784,56 @@ else:
             parent: Any = super()
             return self._execute_root(lambda: parent.execute_collected_root_fields(*args))
 
+        def execute_field(
+            self, parent_type: Any, source: Any, field_details_list: Any, path: Any, position_context: Any
+        ) -> Any:
+            """graphql-core's ``execute_field``, written out so that a returned handle is seen."""
+            first = field_details_list[0]
+            node = first.node
+            field_def = self.schema.get_field(parent_type, node.name.value)
+            if not field_def:
+                return Undefined
+            return_type = field_def.type
+            resolve_fn = field_def.resolve or self.field_resolver
+            if self.middleware_manager:
+                resolve_fn = self.middleware_manager.get_field_resolver(resolve_fn)
+            info = self.build_resolve_info(field_def, _to_nodes(field_details_list), parent_type, path)
+            extra = (position_context,)
+            try:
+                if field_def.args or node.arguments:
+                    args = _get_argument_values(  # type: ignore[call-arg]
+                        field_def, node, self.variable_values, first.fragment_variable_values, self.hide_suggestions
+                    )
+                    result = resolve_fn(source, info, **args)
+                else:  # no ** call: one C stack frame less under a parked resolver
+                    result = resolve_fn(source, info)
+                if type(result) is Request or type(result) is RequestAll:
+                    return self._complete_handle(return_type, field_details_list, info, path, result, extra)
+                if self.is_awaitable(result):
+                    return self.complete_awaitable_value(
+                        return_type, field_details_list, info, path, result, position_context
+                    )
+                completed = self.complete_value(return_type, field_details_list, info, path, result, position_context)
+                if self.is_awaitable(completed):
+                    return self._awaited(return_type, field_details_list, info, path, completed, False, extra)
+                return completed
+            except Exception as raw_error:
+                self._failed(raw_error, return_type, field_details_list, path)
+                return None
+
         def complete_iterable_value(
             self, item_type: Any, field_nodes: Any, info: Any, path: Any, items: Any, position_context: Any
         ) -> Any:
-            if getattr(getcurrent(), "owner", None) is None:
+            if self.get_stream_usage(field_nodes, path) is not None:  # @stream: graphql-core's own way
                 return super().complete_iterable_value(item_type, field_nodes, info, path, items, position_context)
-            parent: Any = super()
-            return self._items(
-                lambda values: parent.complete_iterable_value(item_type, field_nodes, info, path, values, position_context),
-                item_type, field_nodes, info, path, items if type(items) is list else list(items), (position_context,),
-            )
+            values = items if type(items) is list else list(items)
+            return self._items(item_type, field_nodes, info, path, values, (position_context,))
 
         def _field_error(self, error: GraphQLError, return_type: Any, path: Any) -> None:
             self.handle_field_error(error, return_type, (), path)
 
-        def _item_failed(self, raw_error: Exception, item_type: Any, field_nodes: Any, item_path: Any) -> None:
-            self.handle_field_error(raw_error, item_type, field_nodes, item_path)
+        def _failed(self, raw_error: Exception, return_type: Any, field_nodes: Any, path: Any) -> None:
+            self.handle_field_error(raw_error, return_type, field_nodes, path)
 
         def _locate(self, raw_error: Exception, field_nodes: Any, path: Any) -> GraphQLError:
             return located_error(raw_error, _to_nodes(field_nodes), path.as_list())
