@@ -72,6 +72,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # the maps of a source not made by with_()
+_MISSING: Any = object()  # not in the cache
 
 # A batch as the scheduler hands it around: (result key, fetch key) pairs.
 Batch = List[Tuple[Hashable, Any]]
@@ -191,11 +192,11 @@ class Source(Generic[K, V]):
         """
         rk = key if self._plain_result_keys else self.result_key_for(key)
         try:
-            return self._results[rk]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
-        except TypeError:
+            value = self._results.get(rk, _MISSING)  # no KeyError: raising one would give
+        except TypeError:  # this frame a frame object that lives as long as the park
             raise self._unhashable("load", key) from None
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
         # Not cached.  Kept inline, not in a helper: a parked job's stack is
         # walked by every garbage collection, so every frame counts.
         error = self._errors.get(rk)

@@ -56,7 +56,7 @@ from greenlet import getcurrent
 from ._fibers import Worker, current_dataloader
 from ._loops import SplitLoop, Waitable
 from ._settings import dataloader_class
-from ._source import Request, RequestAll
+from ._source import _MISSING, Request, RequestAll
 
 __all__ = ["DataloaderExecutionContext", "DataloaderExecutor", "graphql_sync"]
 
@@ -73,7 +73,6 @@ else:
     from graphql.execution.values import get_argument_values as _get_argument_values
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
-_MISSING = object()
 _base_execute_fields = _Base.execute_fields
 
 
@@ -654,9 +653,10 @@ class _FieldsLoop(_ExecutionLoop):
     def run_owned(self, index: int) -> Any:
         response_name, field_nodes = self.items[index]
         parent_type = self.parent_type
-        return self.context.execute_field(  # type: ignore[attr-defined]
-            parent_type, self.source, field_nodes, Path(self.path, response_name, parent_type.name), *self.extra
-        )
+        path = Path(self.path, response_name, parent_type.name)
+        if self.extra:  # a * call only when needed: each adds a C frame under a parked resolver
+            return self.context.execute_field(parent_type, self.source, field_nodes, path, *self.extra)  # type: ignore[attr-defined]
+        return self.context.execute_field(parent_type, self.source, field_nodes, path)  # type: ignore[attr-defined]
 
 
 class _ListLoop(_ExecutionLoop):
@@ -699,9 +699,9 @@ class _ListLoop(_ExecutionLoop):
         try:
             if type(item) is Request or type(item) is RequestAll:
                 return context._complete_handle(self.item_type, self.field_nodes, self.info, item_path, item, self.extra)
-            return context.complete_value(  # type: ignore[attr-defined]
-                self.item_type, self.field_nodes, self.info, item_path, item, *self.extra
-            )
+            if self.extra:
+                return context.complete_value(self.item_type, self.field_nodes, self.info, item_path, item, *self.extra)  # type: ignore[attr-defined]
+            return context.complete_value(self.item_type, self.field_nodes, self.info, item_path, item)  # type: ignore[attr-defined]
         except Exception as raw_error:
             context._failed(raw_error, self.item_type, self.field_nodes, item_path)  # raises if non-null
             return None
