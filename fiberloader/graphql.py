@@ -18,13 +18,17 @@ Theory of operation
    the calling code (a WSGI/Flask/Django request, your own
    ``with_dataloading``), else a new one from ``dataloader_class()`` -- so
    the one setting picks sync, async or null scheduling here too.
-2. graphql-core's executor runs in that job, unchanged, except for two
-   loops: the fields of an object and the items of a list.  Each runs as a
-   *split loop* (``fiberloader._loops``): the job runs the fields or items
-   one after another, exactly as graphql-core does, and nothing else.
+2. graphql-core's executor runs in that job, unchanged, except for three
+   places: ``execute_field`` (written out per graphql-core version, so
+   that a resolver's returned request handle is seen where it is
+   returned), and two loops, the fields of an object and the items of a
+   list.  The job runs those loops as graphql-core does, one field or item
+   after another, and leaves a *mark* (one small list) on its worker's
+   stack of loops -- nothing else.
 3. A resolver that loads a key that is not cached parks the greenlet
-   running it.  The scheduler then hands the unstarted fields and items of
-   every loop on that greenlet's stack to another worker, which goes on
+   running it.  The scheduler then turns each mark on that greenlet's stack
+   into a *split loop* (``fiberloader._loops``) and hands its unstarted
+   fields and items to another worker, which goes on
    with them -- and their loads join the same batch.  When nothing more can
    run, each source is fetched once, the parked resolvers resume, and each
    loop's owner collects its results in order once all of its items are
@@ -36,8 +40,10 @@ Theory of operation
    dropped at the end, because graphql-core would never have run them.
 
 A resolver that never waits costs what it costs in graphql-core plus the
-loop bookkeeping of its object (one small object per object with two or
-more fields and per list with two or more items); no greenlet is started.
+mark of its object (one small list per object with two or more fields and
+per list with two or more items); no greenlet is started.  Fields without
+arguments skip graphql-core's argument coercion and its ``**`` call, which
+more than pays for the marks (W1 in ``benchmarks/README.rst``).
 Top-level mutation fields run one after another, each to its end, with the
 cache cleared before each (as graphql-ruby does).
 """
