@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from contextvars import copy_context
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from graphql import GraphQLError, located_error
@@ -518,7 +519,7 @@ class _ExecutionLoop(SplitLoop):
     owner collects the rest once all are done.
     """
 
-    __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started", "prefix")
+    __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started", "prefix", "variables")
 
     def __init__(
         self, context: _Batching, run: Any, owner: Worker, path: Any, items: List[Any], extra: Tuple[Any, ...]
@@ -540,6 +541,19 @@ class _ExecutionLoop(SplitLoop):
         self.failed_at = len(items)
         self.started = 0
         self.prefix = 0  # items the owner put straight into the container
+        # Made in the owner's greenlet: helpers run in a copy of its contextvars
+        # (a request's state set before the query ran, for example).
+        self.variables = copy_context()
+
+    def work(self) -> None:
+        """A helper's part, in a copy of the owner's context."""
+        worker = getcurrent()
+        own = worker.gr_context
+        worker.gr_context = self.variables.copy()
+        try:
+            super().work()
+        finally:
+            worker.gr_context = own
 
     def key_of(self, index: int) -> Any:
         raise NotImplementedError

@@ -10,6 +10,7 @@ one fetch per source per level of dependency.
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from typing import Any, List, Type
 
 import pytest
@@ -298,6 +299,29 @@ def test_runs_inside_an_already_running_dataloader_and_batches_with_it() -> None
     assert same and user["name"] == "user 11"
     assert result.data == {"posts": [{"author": {"name": f"user {i}"}} for i in range(3)]}
     assert Log.calls == [("users", [0, 1, 2, 11])]  # one batch with the request's key
+
+
+REQUEST_ID: "ContextVar[Any]" = ContextVar("request_id", default=None)
+
+
+def test_resolvers_see_the_context_of_the_code_that_runs_the_query(scheduler: Any) -> None:
+    """Helpers that take over a split loop run in the loop owner's context."""
+    seen: List[Any] = []
+    schema = make_schema()
+    post = schema.get_type("Post")
+    post.fields["author"].resolve = lambda p, info: (  # type: ignore[union-attr]
+        seen.append(("author", REQUEST_ID.get())), load(Users, p["author_id"]))[1]
+    post.fields["title"].resolve = lambda p, info: (seen.append(("title", REQUEST_ID.get())), p["title"])[1]  # type: ignore[union-attr]
+
+    def view(dl: Any) -> Any:
+        REQUEST_ID.set("request 7")  # as a web framework does before the view runs
+        return execute(schema, parse("{ posts(first: 6) { author { name } title } }"),
+                       **{CONTEXT: DataloaderExecutionContext})
+
+    result = scheduler.with_dataloading(view)
+    assert result.errors is None
+    assert len(seen) == 12  # items after the first park ran in helpers
+    assert {value for _, value in seen} == {"request 7"}
 
 
 def test_resolvers_may_load_several_times_in_sequence_and_in_loops() -> None:
