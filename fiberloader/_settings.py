@@ -1,8 +1,10 @@
 """The one setting that picks the scheduler.
 
 ``dataloader_class(setting)`` resolves, first match wins: the explicit
-argument; the web framework's setting (a provider registered by an
-integration module, e.g. ``fiberloader.flask``); the environment variable
+argument; the web framework's setting (``app.config["FIBERLOADER_DATALOADER"]``
+of the current Flask app, ``settings.FIBERLOADER_DATALOADER`` of configured
+Django settings, or a provider registered with
+``register_setting_provider``); the environment variable
 ``FIBERLOADER_DATALOADER``; ``"sync"``.  A value is a scheduler class, one of
 the names in ``SCHEDULERS``, or a dotted path ``"package.module:Class"``.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any, Callable, List, Type
 
 from ._errors import ConfigurationError, short_repr
@@ -25,9 +28,32 @@ SCHEDULERS = {
     "null": "fiberloader._null:NullDataloader",
 }
 
+SETTING_NAME = "FIBERLOADER_DATALOADER"  # the key in Flask's app.config and Django's settings
+
+
+def _flask_setting() -> Any:
+    """``current_app.config["FIBERLOADER_DATALOADER"]`` when a Flask app context is active."""
+    flask = sys.modules.get("flask")
+    if flask is None or not flask.has_app_context():
+        return None
+    return flask.current_app.config.get(SETTING_NAME)
+
+
+def _django_setting() -> Any:
+    """``settings.FIBERLOADER_DATALOADER`` when Django's settings are configured."""
+    conf = sys.modules.get("django.conf")
+    if conf is None or not conf.settings.configured:
+        return None
+    return getattr(conf.settings, SETTING_NAME, None)
+
+
+_flask_setting.setting_name = f"app.config[{SETTING_NAME!r}]"  # type: ignore[attr-defined]
+_django_setting.setting_name = f"settings.{SETTING_NAME}"  # type: ignore[attr-defined]
+
 # Callables returning a framework's setting, or None when that framework has
-# nothing to say (not imported, no app context, setting absent).
-_providers: List[Callable[[], Any]] = []
+# nothing to say (not imported, no app context, setting absent).  A framework
+# that is not imported costs a dict lookup.
+_providers: List[Callable[[], Any]] = [_flask_setting, _django_setting]
 
 
 def register_setting_provider(provider: Callable[[], Any]) -> None:

@@ -1,0 +1,95 @@
+"""What the web integrations share: run a call as a job, stream a body in jobs.
+
+A request gets one dataloader.  ``call_as_job`` runs the application (or the
+view) as a job of it, to the end of ``run()``: every greenlet it started
+has ended when it returns.  A response body that is iterated later (a
+generator) is wrapped by ``JobBody``: each ``next()`` is one more run of the
+same dataloader, so the body may still ``load`` and still sees the
+request's cache; ``close()`` closes the body in a job, then empties the
+cache.  Nothing of the request outlives ``close()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
+
+from ._dataloader import Dataloader
+
+__all__ = ["call_as_job", "finish", "JobBody", "wrap_body"]
+
+T = TypeVar("T")
+
+_DONE: Any = object()  # the body's iterator is exhausted
+
+
+def call_as_job(dataloader: Dataloader, fn: Callable[[], T]) -> T:
+    """Run ``fn()`` as a job of ``dataloader``; return its value or raise its exception."""
+    box: List[T] = []
+    dataloader.append_job(lambda: box.append(fn()))
+    dataloader.run()
+    return box[0]
+
+
+class JobBody:
+    """A WSGI response body whose iteration and ``close()`` run as jobs of the request's dataloader."""
+
+    def __init__(self, dataloader: Dataloader, body: Iterable[Any], on_close: Optional[Callable[[], None]] = None):
+        self._dataloader: Optional[Dataloader] = dataloader
+        self._body: Optional[Iterable[Any]] = body
+        self._iterator: Optional[Iterator[Any]] = None
+        self._on_close = on_close
+
+    def __iter__(self) -> "JobBody":
+        return self
+
+    def __next__(self) -> Any:
+        dataloader = self._dataloader
+        if dataloader is None:  # closed
+            raise StopIteration
+        chunk = call_as_job(dataloader, self._step)
+        if chunk is _DONE:
+            raise StopIteration
+        return chunk
+
+    def _step(self) -> Any:
+        if self._iterator is None:
+            self._iterator = iter(self._body)  # type: ignore[arg-type]
+        try:
+            return next(self._iterator)
+        except StopIteration:  # not out of the job: run() would raise it
+            return _DONE
+
+    def close(self) -> None:
+        """Close the body (in a job: its cleanup may load), then drop the request's cache."""
+        dataloader, body, on_close = self._dataloader, self._body, self._on_close
+        if dataloader is None:
+            return
+        self._dataloader = self._body = self._iterator = self._on_close = None
+        try:
+            close = getattr(body, "close", None)
+            if close is not None:
+                call_as_job(dataloader, close)
+        finally:
+            finish(dataloader, on_close)
+
+
+def finish(dataloader: Dataloader, on_close: Optional[Callable[[], None]] = None) -> None:
+    """The request is over: forget its cache and its sources (and what they hold)."""
+    try:
+        dataloader.clear_cache()
+        dataloader._sources.clear()
+    finally:
+        if on_close is not None:
+            on_close()
+
+
+def wrap_body(dataloader: Dataloader, body: Iterable[Any], on_close: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+    """``body`` as it may be returned to the server: a ``JobBody`` unless it cannot load.
+
+    A list or tuple of chunks is already complete: it is returned as it is,
+    after the cache is dropped.
+    """
+    if isinstance(body, (list, tuple)):
+        finish(dataloader, on_close)
+        return body
+    return JobBody(dataloader, body, on_close)
