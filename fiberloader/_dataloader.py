@@ -750,6 +750,10 @@ class Dataloader:
         """
         run.later.append(job)
 
+    def _in_job(self) -> bool:
+        """Whether the calling code is one of this dataloader's jobs (or fetches)."""
+        return self._caller()[1] is not None
+
     def _caller(self) -> Tuple[Optional[Worker], Optional[_Run]]:
         """The calling worker and its run, if the caller is one of our workers.
 

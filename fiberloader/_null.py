@@ -50,6 +50,9 @@ class NullDataloader(Dataloader):
         finally:
             self._run = None
 
+    def _in_job(self) -> bool:
+        return self._run is not None  # jobs run inline, in the caller's greenlet
+
     def run_isolated(self, fn: Callable[[], T]) -> T:
         if self._run is not None:
             return fn()

@@ -107,7 +107,7 @@ class _Batching:
         # dicts for the execution; the dict is kept so its id stays its own.
         self._field_items: Dict[int, Tuple[Any, List[Any]]] = {}
         dataloader = current_dataloader()
-        if dataloader is not None and dataloader._caller()[1] is not None:
+        if dataloader is not None and dataloader._in_job():
             return execute()  # already in a job: batch with it
         scheduler = dataloader_class(self.dataloader_setting)
         return scheduler.with_dataloading(lambda _: execute())
