@@ -541,15 +541,15 @@ class _ExecutionLoop(SplitLoop):
         self.failed_at = len(items)
         self.started = 0
         self.prefix = 0  # items the owner put straight into the container
-        # Made in the owner's greenlet: helpers run in a copy of its contextvars
-        # (a request's state set before the query ran, for example).
-        self.variables = copy_context()
+        # Helpers run in a copy of the owner's contextvars as they are when the
+        # helper starts (a request's state set before the query ran, say).
+        self.variables = owner.gr_context
 
     def work(self) -> None:
         """A helper's part, in a copy of the owner's context."""
         worker = getcurrent()
         own = worker.gr_context
-        worker.gr_context = self.variables.copy()
+        worker.gr_context = self.variables.copy() if self.variables is not None else copy_context()
         try:
             super().work()
         finally:
