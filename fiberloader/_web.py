@@ -11,6 +11,7 @@ cache.  Nothing of the request outlives ``close()``.
 
 from __future__ import annotations
 
+from contextvars import Context, copy_context
 from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
 
 from ._dataloader import Dataloader
@@ -31,25 +32,52 @@ def call_as_job(dataloader: Dataloader, fn: Callable[[], T]) -> T:
 
 
 class JobBody:
-    """A WSGI response body whose iteration and ``close()`` run as jobs of the request's dataloader."""
+    """A WSGI response body whose iteration and ``close()`` run as jobs of the request's dataloader.
 
-    def __init__(self, dataloader: Dataloader, body: Iterable[Any], on_close: Optional[Callable[[], None]] = None):
+    Two contexts (``contextvars``) are involved.  Each step is a run of the
+    dataloader made in ``context`` (default: the caller's), so the workers of
+    that run -- jobs and fetches -- see what ``context`` holds: Flask passes
+    the context of its dispatch, so they see the request.  The body itself
+    steps in one context of its own, kept from its first step to its
+    ``close()``, so that what it sets is still there at the next step (Flask's
+    ``stream_with_context`` pushes the request context at its first step and
+    pops it at its end).
+    """
+
+    def __init__(
+        self, dataloader: Dataloader, body: Iterable[Any], on_close: Optional[Callable[[], None]] = None,
+        context: Optional[Context] = None,
+    ) -> None:
         self._dataloader: Optional[Dataloader] = dataloader
         self._body: Optional[Iterable[Any]] = body
         self._iterator: Optional[Iterator[Any]] = None
         self._on_close = on_close
+        self._context = context
+        self._body_context: Optional[Context] = None
 
     def __iter__(self) -> "JobBody":
         return self
 
     def __next__(self) -> Any:
-        dataloader = self._dataloader
-        if dataloader is None:  # closed
+        if self._dataloader is None:  # closed
             raise StopIteration
-        chunk = call_as_job(dataloader, self._step)
+        chunk = self._in_job(self._step)
         if chunk is _DONE:
             raise StopIteration
         return chunk
+
+    def _in_job(self, fn: Callable[[], T]) -> T:
+        """``fn()`` as a job, in the body's own context, in a run made in ``context``."""
+
+        def job() -> T:
+            if self._body_context is None:
+                self._body_context = copy_context()
+            return self._body_context.run(fn)
+
+        dataloader: Dataloader = self._dataloader  # type: ignore[assignment]
+        if self._context is None:
+            return call_as_job(dataloader, job)
+        return self._context.run(call_as_job, dataloader, job)
 
     def _step(self) -> Any:
         if self._iterator is None:
@@ -64,12 +92,13 @@ class JobBody:
         dataloader, body, on_close = self._dataloader, self._body, self._on_close
         if dataloader is None:
             return
-        self._dataloader = self._body = self._iterator = self._on_close = None
         try:
             close = getattr(body, "close", None)
             if close is not None:
-                call_as_job(dataloader, close)
+                self._in_job(close)
         finally:
+            self._dataloader = self._body = self._iterator = self._on_close = None
+            self._context = self._body_context = None
             finish(dataloader, on_close)
 
 
@@ -83,13 +112,16 @@ def finish(dataloader: Dataloader, on_close: Optional[Callable[[], None]] = None
             on_close()
 
 
-def wrap_body(dataloader: Dataloader, body: Iterable[Any], on_close: Optional[Callable[[], None]] = None) -> Iterable[Any]:
+def wrap_body(
+    dataloader: Dataloader, body: Iterable[Any], on_close: Optional[Callable[[], None]] = None,
+    context: Optional[Context] = None,
+) -> Iterable[Any]:
     """``body`` as it may be returned to the server: a ``JobBody`` unless it cannot load.
 
     A list or tuple of chunks is already complete: it is returned as it is,
-    after the cache is dropped.
+    after the cache is dropped.  ``context``: see ``JobBody``.
     """
     if isinstance(body, (list, tuple)):
         finish(dataloader, on_close)
         return body
-    return JobBody(dataloader, body, on_close)
+    return JobBody(dataloader, body, on_close, context)

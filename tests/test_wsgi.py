@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextvars import ContextVar
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 from wsgiref.util import setup_testing_defaults
 
@@ -105,6 +106,33 @@ def test_a_generator_body_may_load_while_the_server_iterates_it(scheduler: Any) 
     body.close()  # type: ignore[attr-defined]
     assert closed == [True]  # the generator's cleanup ran as a job of the request
     assert ENVIRON_KEY not in environ and not dataloader._sources
+
+
+STEP: "ContextVar[Any]" = ContextVar("step", default=None)
+
+
+def test_what_a_body_sets_in_its_context_stays_from_step_to_step_and_to_close(scheduler: Any) -> None:
+    """As Flask's stream_with_context needs: it pushes a context var at the first step."""
+    seen: List[Any] = []
+
+    def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+
+        def body() -> Iterator[bytes]:
+            STEP.set("pushed at the first step")
+            try:
+                yield b"a"
+                seen.append(STEP.get())
+                yield b"b"
+            finally:
+                seen.append(STEP.get())
+
+        return body()
+
+    status, data, _ = call(DataloaderMiddleware(app, scheduler))
+    assert data == b"ab"
+    assert seen == ["pushed at the first step"] * 2
+    assert STEP.get() is None  # nothing leaked into the server's context
 
 
 def test_close_runs_even_when_the_body_is_not_iterated_to_the_end() -> None:
