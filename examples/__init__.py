@@ -1,0 +1,1 @@
+"""Runnable examples of fiberloader (``examples.blog`` is a small Flask app)."""

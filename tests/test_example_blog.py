@@ -1,0 +1,350 @@
+"""The blog example (examples/blog): batched and naive serve the same JSON, batched with minimal SQL.
+
+Real parts throughout: a seeded SQLite file, the Flask app through its test
+client, and a real gunicorn with gevent workers driven by concurrent
+requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import gunicorn.config as gunicorn_config  # type: ignore[import-untyped]
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from examples.blog.app import create_app
+from examples.blog.seed import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS, POSTS, COMMENTS_PER_POST, TAGS = 20, 30, 3, 6
+SCHEDULERS = {"sync": "Dataloader", "async": "AsyncDataloader", "null": "NullDataloader"}
+BATCHING = ["sync", "async"]
+
+URLS = [
+    "/api/posts",
+    "/api/posts?first=0",
+    "/api/posts?first=1",
+    f"/api/posts?first={POSTS}",
+    "/api/posts?first=-1",  # 400
+    "/api/posts?first=many",  # 400
+    "/api/users/1/feed",
+    "/api/users/8/feed",  # no posts
+    "/api/users/16/feed",  # four posts
+    f"/api/users/{USERS}/feed",
+    f"/api/users/{USERS + 1}/feed",  # 404
+    "/api/slow",
+]
+
+POSTS_QUERY = """query Posts($first: Int) {
+  posts(first: $first) { id title author { id name } tags { name } comments { id body author { id name } } }
+}"""
+
+OTHER_QUERIES = [
+    ("{ users { id name posts { id title } comments { id post { id title author { name } } } } }", None),
+    ("{ tags { name posts { id title tags { name } } } }", None),
+    ("query One($id: Int!) { user(id: $id) { name posts { title comments { body } } } }", {"id": 3}),
+    ("query One($id: Int!) { user(id: $id) { name } }", {"id": 999}),
+    ("{ post(id: 5) { title author { name } comments { post { id } author { posts { id } } } } }", None),
+    ("{ comments(first: 40) { id body post { title tags { name } } author { name comments { id } } } }", None),
+    ("{ posts(first: -1) { id } }", None),  # an error, the same in both modes
+    ("{ posts { nope } }", None),  # a validation error
+]
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("blog") / "blog.db"
+    seed(path, users=USERS, posts=POSTS, comments_per_post=COMMENTS_PER_POST, tags=TAGS)
+    return str(path)
+
+
+@contextmanager
+def blog_client(database: str, **options: Any) -> Iterator[FlaskClient]:
+    app: Flask = create_app(database, **options)
+    app.testing = True
+    try:
+        yield app.test_client()
+    finally:
+        app.extensions["blog"].engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def naive(database: str) -> Iterator[FlaskClient]:
+    with blog_client(database, batching=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module", params=list(SCHEDULERS))
+def batched(request: Any, database: str) -> Iterator[Tuple[str, FlaskClient]]:
+    """(scheduler name, client of the batching app with that dataloader_class)."""
+    with blog_client(database, dataloader_class=request.param) as client:
+        yield request.param, client
+
+
+class Answer:
+    def __init__(self, status: int, body: Any, headers: Any) -> None:
+        self.status, self.body, self.headers = status, body, headers
+
+    @property
+    def sql(self) -> int:
+        return int(self.headers["X-SQL-Count"])
+
+    def same_as(self, other: "Answer") -> bool:
+        return (self.status, self.body) == (other.status, other.body)
+
+
+def get(client: FlaskClient, url: str) -> Answer:
+    response = client.get(url)
+    return Answer(response.status_code, response.get_json(), response.headers)
+
+
+def post_graphql(client: FlaskClient, query: str, variables: Optional[Dict[str, Any]] = None) -> Answer:
+    response = client.post("/graphql", json={"query": query, "variables": variables})
+    return Answer(response.status_code, response.get_json(), response.headers)
+
+
+def dump(path: Any) -> List[str]:
+    db = sqlite3.connect(path)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def minimal_statements(database: str, first: int) -> int:
+    """What /api/posts?first=N must cost.
+
+    The posts; then their authors, comments and tags; then the comments'
+    authors that are not among the post authors (if any).
+    """
+    db = sqlite3.connect(database)
+    try:
+        posts = db.execute("SELECT id, author_id FROM posts ORDER BY id LIMIT ?", (first,)).fetchall()
+        if not posts:
+            return 1
+        marks = ", ".join("?" * len(posts))
+        commenters = {row[0] for row in db.execute(
+            f"SELECT author_id FROM comments WHERE post_id IN ({marks})", [p[0] for p in posts])}
+    finally:
+        db.close()
+    return 4 + bool(commenters - {author for _, author in posts})
+
+
+# -- 1. the test client: same JSON, minimal SQL ------------------------------------------
+
+
+def test_the_seeded_data_is_deterministic_and_rich_enough(database: str, tmp_path: Path,
+                                                           naive: FlaskClient) -> None:
+    again = tmp_path / "again.db"
+    seed(again, users=USERS, posts=POSTS, comments_per_post=COMMENTS_PER_POST, tags=TAGS)
+    assert dump(again) == dump(database)
+    posts = get(naive, f"/api/posts?first={POSTS}").body
+    assert len(posts) == POSTS
+    assert all(len(post["comments"]) == COMMENTS_PER_POST for post in posts)
+    assert sum(bool(post["tags"]) for post in posts) > POSTS // 2
+    assert len(get(naive, "/api/users/8/feed").body["posts"]) == 0  # as URLS says
+    assert len(get(naive, "/api/users/16/feed").body["posts"]) == 4
+    # the minimal count is not trivially 4: some commenters are not post authors
+    assert minimal_statements(database, POSTS) == 5
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_every_endpoint_answers_as_the_naive_app(naive: FlaskClient, batched: Tuple[str, FlaskClient],
+                                                 url: str) -> None:
+    scheduler, client = batched
+    expected, answer = get(naive, url), get(client, url)
+    assert answer.status == expected.status
+    assert answer.body == expected.body
+    assert answer.headers["X-Dataloader"] == SCHEDULERS[scheduler]
+    if expected.status == 200 and "first=0" not in url:
+        assert answer.body  # not an empty list that two broken apps could agree on
+
+
+@pytest.mark.parametrize("first", [1, 7, POSTS])
+def test_posts_cost_at_most_five_statements_whatever_n(database: str, naive: FlaskClient,
+                                                       batched: Tuple[str, FlaskClient], first: int) -> None:
+    scheduler, client = batched
+    url = f"/api/posts?first={first}"
+    expected, answer = get(naive, url), get(client, url)
+    assert answer.same_as(expected)
+    assert expected.sql >= 1 + 2 * first  # the baseline: a comments and a tags query per post at least
+    if scheduler == "null":  # NullDataloader: same answers, no batching
+        assert first == 1 or answer.sql > minimal_statements(database, first)
+    else:
+        assert answer.sql == minimal_statements(database, first) <= 5
+
+
+def test_graphql_gives_the_rest_data_with_the_same_minimal_sql(database: str, naive: FlaskClient,
+                                                               batched: Tuple[str, FlaskClient]) -> None:
+    scheduler, client = batched
+    first = 12
+    answer = post_graphql(client, POSTS_QUERY, {"first": first})
+    assert answer.status == 200 and "errors" not in answer.body, answer.body
+    assert answer.same_as(post_graphql(naive, POSTS_QUERY, {"first": first}))
+    rest = get(naive, f"/api/posts?first={first}").body
+    as_rest = [{**post, "tags": [tag["name"] for tag in post["tags"]]} for post in answer.body["data"]["posts"]]
+    assert as_rest == rest
+    if scheduler != "null":
+        assert answer.sql == minimal_statements(database, first) <= 5
+    else:
+        assert answer.sql > minimal_statements(database, first)
+
+
+@pytest.mark.parametrize("query, variables", OTHER_QUERIES)
+def test_other_graphql_queries_answer_as_the_naive_app(naive: FlaskClient, batched: Tuple[str, FlaskClient],
+                                                       query: str, variables: Any) -> None:
+    _, client = batched
+    expected, answer = post_graphql(naive, query, variables), post_graphql(client, query, variables)
+    assert answer.same_as(expected), (answer.body, expected.body)
+    data = expected.body.get("data")
+    assert data is not None or expected.body["errors"]  # each query gives data or errors, never nothing
+
+
+def test_graphql_rejects_a_request_without_a_query(batched: Tuple[str, FlaskClient]) -> None:
+    _, client = batched
+    response = client.post("/graphql", json={"variables": {}})
+    assert response.status_code == 400 and "query" in response.get_json()["error"]
+
+
+def test_the_feed_batches_too(database: str, naive: FlaskClient, batched: Tuple[str, FlaskClient]) -> None:
+    scheduler, client = batched
+    db = sqlite3.connect(database)
+    try:
+        (user_id, posts), = db.execute(
+            "SELECT author_id, COUNT(*) FROM posts GROUP BY author_id ORDER BY 2 DESC, 1 LIMIT 1").fetchall()
+    finally:
+        db.close()
+    url = f"/api/users/{user_id}/feed"
+    expected, answer = get(naive, url), get(client, url)
+    assert answer.same_as(expected) and len(expected.body["posts"]) == posts >= 3
+    assert expected.sql == 2 + len(expected.body["posts"])  # user, posts, a count per post
+    if scheduler != "null":
+        assert answer.sql == 3  # user, posts, one GROUP BY for the counts
+
+
+def test_slow_services_overlap_only_under_async(naive: FlaskClient, batched: Tuple[str, FlaskClient]) -> None:
+    scheduler, client = batched
+
+    def elapsed(c: FlaskClient) -> float:
+        started = time.perf_counter()
+        answer = get(c, "/api/slow")
+        assert answer.status == 200
+        return time.perf_counter() - started
+
+    assert elapsed(naive) >= 0.055  # three 20 ms calls in a row
+    if scheduler == "async":
+        assert min(elapsed(client) for _ in range(3)) < 0.05  # ~20 ms: the three fetches overlapped
+    else:
+        assert elapsed(client) >= 0.055
+
+
+# -- 2. FIBERLOADER_DATALOADER picks the scheduler -----------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_the_environment_variable_picks_the_scheduler(monkeypatch: pytest.MonkeyPatch, database: str,
+                                                      naive: FlaskClient, scheduler: str) -> None:
+    monkeypatch.setenv("FIBERLOADER_DATALOADER", scheduler)
+    with blog_client(database) as client:  # created after the variable is set
+        for url in ["/api/posts?first=10", "/api/users/2/feed", "/api/slow"]:
+            answer = get(client, url)
+            assert answer.same_as(get(naive, url)), url
+            assert answer.headers["X-Dataloader"] == SCHEDULERS[scheduler]
+        answer = post_graphql(client, POSTS_QUERY, {"first": 10})
+        assert answer.same_as(post_graphql(naive, POSTS_QUERY, {"first": 10}))
+        assert answer.headers["X-Dataloader"] == SCHEDULERS[scheduler]
+
+
+# -- 3. a real gunicorn with gevent workers ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def fetch(url: str, timeout: float = 15.0) -> Tuple[int, Any, Dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read()), dict(error.headers)
+
+
+@contextmanager
+def gunicorn(database: str, scheduler: str, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "BLOG_DB": database, "FIBERLOADER_DATALOADER": scheduler,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("BLOG_BATCHING", None)
+    command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "--workers", "1", "-b", f"127.0.0.1:{port}",
+               "--graceful-timeout", "5", "examples.blog.wsgi:application"]
+    if hasattr(gunicorn_config, "ControlSocketDisable"):  # gunicorn >= 25.1: no socket under ~/.gunicorn
+        command.insert(-1, "--no-control-socket")
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert server.poll() is None, f"gunicorn exited:\n{log_path.read_text()}"
+                try:
+                    if fetch(f"{base}/api/posts?first=0", timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"gunicorn not ready after 20 s:\n{log_path.read_text()}"
+                time.sleep(0.1)
+            yield base
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("scheduler", BATCHING)
+def test_gunicorn_gevent_serves_concurrent_requests_each_its_own_answer(
+        database: str, naive: FlaskClient, tmp_path: Path, scheduler: str) -> None:
+    user_ids = [1 + i % (USERS + 1) for i in range(50)]  # USERS + 1 does not exist: 404
+    expected = {user_id: get(naive, f"/api/users/{user_id}/feed") for user_id in set(user_ids)}
+    with gunicorn(database, scheduler, tmp_path / "gunicorn.log") as base:
+        with ThreadPoolExecutor(max_workers=len(user_ids)) as pool:
+            answers = list(pool.map(lambda user_id: fetch(f"{base}/api/users/{user_id}/feed"), user_ids))
+        for user_id, (status, body, headers) in zip(user_ids, answers):
+            assert (status, body) == (expected[user_id].status, expected[user_id].body), user_id
+            assert headers["X-Dataloader"] == SCHEDULERS[scheduler]
+        # the requests really overlapped in the one worker process
+        assert max(int(headers["X-Concurrent-Requests"]) for _, _, headers in answers) > 1
+
+        for first in (3, POSTS):
+            status, body, headers = fetch(f"{base}/api/posts?first={first}")
+            assert status == 200 and body == get(naive, f"/api/posts?first={first}").body
+            assert int(headers["X-SQL-Count"]) == minimal_statements(database, first) <= 5
+
+        slow = [float(fetch(f"{base}/api/slow")[2]["X-Elapsed-Ms"]) for _ in range(3)]
+        if scheduler == "async":
+            assert min(slow) < 50, slow  # the three 20 ms fetches overlapped
+        else:
+            assert min(slow) >= 55, slow
