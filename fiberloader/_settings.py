@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, List, Type
+from typing import Any, Callable, List, Tuple, Type
 
 from ._errors import ConfigurationError, short_repr
 
@@ -74,19 +74,29 @@ def dataloader_class(setting: Any = None) -> "Type[Any]":
     Raises:
         ConfigurationError: the value names no scheduler.
     """
-    source = "dataloader_class() argument"
+    candidates = [(setting, "dataloader_class() argument")]
     if setting is None:
-        for provider in _providers:
-            setting = provider()
-            if setting is not None:
-                source = getattr(provider, "setting_name", "framework setting")
-                break
-    if setting is None:
-        setting = os.environ.get(ENVIRONMENT_VARIABLE) or None
-        source = f"${ENVIRONMENT_VARIABLE}"
-    if setting is None:
-        setting = "sync"
-    return _resolve(setting, source)
+        candidates += [(provider(), getattr(provider, "setting_name", "framework setting")) for provider in _providers]
+    return resolve_first(*candidates)
+
+
+def resolve_first(*candidates: Tuple[Any, str]) -> "Type[Any]":
+    """The scheduler of the first ``(setting, where it comes from)`` that is not ``None``.
+
+    After the candidates: ``$FIBERLOADER_DATALOADER``, then ``"sync"``.  The
+    integrations call it with their own settings first, so that an error
+    names the setting it came from.
+
+    Raises:
+        ConfigurationError: that setting names no scheduler.
+    """
+    for setting, source in candidates:
+        if setting is not None:
+            return _resolve(setting, source)
+    setting = os.environ.get(ENVIRONMENT_VARIABLE) or None
+    if setting is not None:
+        return _resolve(setting, f"${ENVIRONMENT_VARIABLE}")
+    return _resolve("sync", "the default")
 
 
 def _resolve(setting: Any, source: str) -> "Type[Any]":

@@ -82,7 +82,6 @@ cache of the same dataloader.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional, Tuple, Type
 
@@ -99,8 +98,8 @@ from greenlet import getcurrent
 
 from ._dataloader import Dataloader
 from ._errors import ConfigurationError, FiberloaderTypeError, short_repr
-from ._settings import ENVIRONMENT_VARIABLE, SETTING_NAME
-from ._settings import _resolve as _resolve_setting
+from ._settings import SETTING_NAME
+from ._settings import resolve_first
 from ._source import _MISSING, Source
 from ._web import JobBody, call_as_job, finish
 
@@ -119,13 +118,7 @@ __all__ = [
 
 def _configured_scheduler() -> Type[Dataloader]:
     """``settings.FIBERLOADER_DATALOADER``, else ``$FIBERLOADER_DATALOADER``, else ``"sync"``."""
-    setting = getattr(settings, SETTING_NAME, None)
-    if setting is not None:
-        return _resolve_setting(setting, f"settings.{SETTING_NAME}")
-    setting = os.environ.get(ENVIRONMENT_VARIABLE) or None
-    if setting is not None:
-        return _resolve_setting(setting, f"${ENVIRONMENT_VARIABLE}")
-    return _resolve_setting("sync", "the default")
+    return resolve_first((getattr(settings, SETTING_NAME, None), f"settings.{SETTING_NAME}"))
 
 
 # -- database connections ---------------------------------------------------------------

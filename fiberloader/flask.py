@@ -40,7 +40,6 @@ always does.
 from __future__ import annotations
 
 import functools
-import os
 import weakref
 from contextvars import copy_context
 from typing import Any, Callable, Optional, Type
@@ -49,8 +48,8 @@ from flask import Flask, Response, request
 
 from ._dataloader import Dataloader
 from ._errors import FiberloaderError
-from ._settings import ENVIRONMENT_VARIABLE, SETTING_NAME
-from ._settings import _resolve as _resolve_setting
+from ._settings import SETTING_NAME
+from ._settings import resolve_first
 from ._web import call_as_job, finish, wrap_body
 from .wsgi import ENVIRON_KEY
 
@@ -113,15 +112,10 @@ class Fiberloader:
         return self._classes[app]
 
     def _resolve(self, app: Flask) -> Type[Dataloader]:
-        if self.dataloader_setting is not None:
-            return _resolve_setting(self.dataloader_setting, "Fiberloader(dataloader_class=...)")
-        setting = app.config.get(SETTING_NAME)
-        if setting is not None:
-            return _resolve_setting(setting, f"app.config[{SETTING_NAME!r}]")
-        setting = os.environ.get(ENVIRONMENT_VARIABLE) or None
-        if setting is not None:
-            return _resolve_setting(setting, f"${ENVIRONMENT_VARIABLE}")
-        return _resolve_setting("sync", "the default")
+        return resolve_first(
+            (self.dataloader_setting, "Fiberloader(dataloader_class=...)"),
+            (app.config.get(SETTING_NAME), f"app.config[{SETTING_NAME!r}]"),
+        )
 
 
 def _dispatch_in_dataloader(cls: Type[Dataloader], dispatch: Callable[[], Response]) -> Response:

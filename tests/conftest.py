@@ -64,8 +64,9 @@ def live_greenlets() -> List[greenlet]:
     return [
         obj
         for obj in gc.get_objects()
-        if isinstance(obj, greenlet) and obj and not obj.dead and obj is not current
-        and not isinstance(obj, Hub)  # gevent's hub lives as long as its thread
+        # type(), not isinstance(): that would evaluate lazy objects (Django's)
+        if issubclass(type(obj), greenlet) and obj and not obj.dead and obj is not current
+        and not issubclass(type(obj), Hub)  # gevent's hub lives as long as its thread
     ]
 
 

@@ -46,7 +46,6 @@ from fiberloader import (
     Dataloader,
     FiberloaderError,
     KeyTypeError,
-    NullDataloader,
     SourceTypeError,
 )
 from fiberloader.sqlalchemy import (
