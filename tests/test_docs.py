@@ -89,6 +89,7 @@ def test_sqlite_demo_collapses_n_plus_one_into_a_few_statements(capsys: Any, pos
     ("bench_core.py", ["(c) N jobs", "fiberloader map(load, keys)"]),
     ("bench_async.py", ["AsyncDataloader", "aiodataloader", "http", "sleep"]),
     ("bench_graphql.py", ["fiberloader Dataloader handles", "graphql-sync-dataloaders", "W3"]),
+    ("bench_web.py", ["/api/slow", "slow: p50 ms, async"]),
 ])
 def test_benchmark_smoke_run(script: str, expected: List[str]) -> None:
     result = subprocess.run(
