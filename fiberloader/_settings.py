@@ -18,7 +18,10 @@ from typing import Any, Callable, List, Tuple, Type
 
 from ._errors import ConfigurationError, short_repr
 
-__all__ = ["dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "register_setting_provider"]
+__all__ = [
+    "dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "register_setting_provider",
+    "register_scheduler_adapter", "adapt_scheduler", "resolve_first",
+]
 
 ENVIRONMENT_VARIABLE = "FIBERLOADER_DATALOADER"
 
@@ -56,6 +59,26 @@ _django_setting.setting_name = f"settings.{SETTING_NAME}"  # type: ignore[attr-d
 _providers: List[Callable[[], Any]] = [_flask_setting, _django_setting]
 
 
+# Callables that adapt a scheduler class to a framework (fiberloader.django
+# adds its database-connection handling), applied in order by
+# adapt_scheduler(): the integrations that make a dataloader per request or
+# per execution (wsgi, graphql) call it.
+_adapters: List[Callable[[Type[Any]], Type[Any]]] = []
+
+
+def register_scheduler_adapter(adapter: Callable[[Type[Any]], Type[Any]]) -> None:
+    """Let a framework integration adapt every scheduler class resolved from now on."""
+    if adapter not in _adapters:
+        _adapters.append(adapter)
+
+
+def adapt_scheduler(scheduler: Type[Any]) -> Type[Any]:
+    """``scheduler`` as the registered framework adapters make it (unchanged if none)."""
+    for adapt in _adapters:
+        scheduler = adapt(scheduler)
+    return scheduler
+
+
 def register_setting_provider(provider: Callable[[], Any]) -> None:
     """Let a framework integration supply the setting (tried in order)."""
     if provider not in _providers:
@@ -90,13 +113,10 @@ def resolve_first(*candidates: Tuple[Any, str]) -> "Type[Any]":
     Raises:
         ConfigurationError: that setting names no scheduler.
     """
-    for setting, source in candidates:
-        if setting is not None:
-            return _resolve(setting, source)
-    setting = os.environ.get(ENVIRONMENT_VARIABLE) or None
-    if setting is not None:
-        return _resolve(setting, f"${ENVIRONMENT_VARIABLE}")
-    return _resolve("sync", "the default")
+    found = [(setting, source) for setting, source in candidates if setting is not None]
+    environment = os.environ.get(ENVIRONMENT_VARIABLE) or None
+    setting, source = (found or [(environment, f"${ENVIRONMENT_VARIABLE}")])[0]
+    return _resolve(setting, source) if setting is not None else _resolve("sync", "the default")
 
 
 def _resolve(setting: Any, source: str) -> "Type[Any]":

@@ -99,7 +99,7 @@ from greenlet import getcurrent
 from ._dataloader import Dataloader
 from ._errors import ConfigurationError, FiberloaderTypeError, short_repr
 from ._settings import SETTING_NAME
-from ._settings import resolve_first
+from ._settings import register_scheduler_adapter, resolve_first
 from ._source import _MISSING, Source
 from ._web import JobBody, call_as_job, finish
 
@@ -266,6 +266,18 @@ def with_django_connections(scheduler: Type[Dataloader]) -> Type[Dataloader]:
         )
         _with_connections[scheduler] = cls
     return cls
+
+
+def _adapt(scheduler: Type[Dataloader]) -> Type[Dataloader]:
+    """Every scheduler resolved in a configured Django process manages its connections.
+
+    So a GraphQL execution that starts its own dataloader (a view without the
+    middleware, a management command) closes its workers' connections too.
+    """
+    return with_django_connections(scheduler) if settings.configured else scheduler
+
+
+register_scheduler_adapter(_adapt)
 
 
 # -- the middleware ---------------------------------------------------------------------

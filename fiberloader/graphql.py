@@ -62,7 +62,7 @@ from greenlet import getcurrent
 
 from ._fibers import Worker, current_dataloader
 from ._loops import SplitLoop, Waitable
-from ._settings import dataloader_class
+from ._settings import adapt_scheduler, dataloader_class
 from ._source import _MISSING, Request, RequestAll
 
 __all__ = ["DataloaderExecutionContext", "DataloaderExecutor", "graphql_sync"]
@@ -109,7 +109,7 @@ class _Batching:
         dataloader = current_dataloader()
         if dataloader is not None and dataloader._in_job():
             return execute()  # already in a job: batch with it
-        scheduler = dataloader_class(self.dataloader_setting)
+        scheduler = adapt_scheduler(dataloader_class(self.dataloader_setting))
         return scheduler.with_dataloading(lambda _: execute())
 
     def _execute_root(self, execute: Any) -> Any:

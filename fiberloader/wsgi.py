@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from ._settings import adapt_scheduler
 from ._settings import dataloader_class as _dataloader_class
 from ._web import call_as_job, wrap_body
 
@@ -43,7 +44,7 @@ class DataloaderMiddleware:
 
     def __init__(self, app: Callable[..., Iterable[bytes]], dataloader_class: Any = None) -> None:
         self.app = app
-        self.dataloader_class = _dataloader_class(dataloader_class)
+        self.dataloader_class = adapt_scheduler(_dataloader_class(dataloader_class))
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:  # type: ignore[type-arg]
         dataloader = self.dataloader_class()

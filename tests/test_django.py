@@ -561,3 +561,19 @@ def test_workers_use_django_connections_without_leaking_any(patch: str, schedule
         assert report["in_transaction"] == [[False] * 3] * 3, report
     # the control: a dataloader without DjangoConnections leaves its workers' connections open
     assert report["control_open"] == (0 if patch == "no-patch" else 1), report
+
+
+def test_a_graphql_execution_without_the_middleware_manages_django_connections(no_env: None) -> None:
+    """It makes its own dataloader: of a class that closes its workers' connections."""
+    from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
+
+    from fiberloader import current_dataloader
+    from fiberloader.django import DjangoConnections
+    from fiberloader.graphql import graphql_sync
+
+    seen = []
+    query = GraphQLObjectType("Query", {"who": GraphQLField(
+        GraphQLString, resolve=lambda *_: seen.append(type(current_dataloader())) or "me")})
+    result = graphql_sync(GraphQLSchema(query), "{ who }")
+    assert result.errors is None and result.data == {"who": "me"}
+    assert issubclass(seen[0], DjangoConnections) and seen[0].__name__ == "Dataloader"
