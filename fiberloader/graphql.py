@@ -60,6 +60,7 @@ from graphql import graphql_sync as _graphql_sync
 from graphql.pyutils import Path, Undefined, is_iterable
 from greenlet import getcurrent
 
+from ._errors import FiberloaderTypeError, short_repr
 from ._fibers import Worker, current_dataloader
 from ._loops import SplitLoop, Waitable
 from ._settings import adapt_scheduler, dataloader_class
@@ -267,25 +268,18 @@ class _Batching:
     # outcome until the loop links it; a failure that reaches a container
     # whose link is not known yet is held until it is.
 
-    async def _awaited(
-        self, return_type: Any, field_nodes: Any, info: Any, path: Any, awaitable: Any, complete: bool,
-        extra: Tuple[Any, ...],
-    ) -> Any:
-        """A resolver's awaitable result (``complete``), or an awaitable completion.
-
-        What graphql-core does with them; a synchronous execution reports them
-        as graphql-core reports them.
-        """
-        try:
-            value = await awaitable
-            if complete:
-                value = self.complete_value(return_type, field_nodes, info, path, value, *extra)  # type: ignore[attr-defined]
-                if self.is_awaitable(value):  # type: ignore[attr-defined]
-                    value = await value
-            return value
-        except Exception as raw_error:
-            self._failed(raw_error, return_type, field_nodes, path)
-            return None
+    def _not_synchronous(self, info: Any, awaitable: Any) -> FiberloaderTypeError:
+        """A resolver (or a value's completion) gave an awaitable: say what to do instead."""
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()  # a coroutine that is never awaited would warn
+        return FiberloaderTypeError(
+            f"The resolver of {info.parent_type.name}.{info.field_name} returned an awaitable "
+            f"({short_repr(awaitable)}). fiberloader's execution context runs resolvers "
+            "synchronously: make it a plain function (one that calls load() or returns "
+            "source.request(key)), or run this schema with graphql-core's own async execution, "
+            "without DataloaderExecutionContext."
+        )
 
     def _complete_handle(
         self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any, extra: Tuple[Any, ...]
@@ -763,10 +757,10 @@ if not GRAPHQL_CORE_3_3:
                 if type(result) is Request or type(result) is RequestAll:
                     return self._complete_handle(return_type, field_nodes, info, path, result, ())
                 if self.is_awaitable(result):
-                    return self._awaited(return_type, field_nodes, info, path, result, True, ())
+                    raise self._not_synchronous(info, result)
                 completed = self.complete_value(return_type, field_nodes, info, path, result)
                 if self.is_awaitable(completed):
-                    return self._awaited(return_type, field_nodes, info, path, completed, False, ())
+                    raise self._not_synchronous(info, completed)
                 return completed
             except Exception as raw_error:
                 self._failed(raw_error, return_type, field_nodes, path)
@@ -830,12 +824,10 @@ else:
                 if type(result) is Request or type(result) is RequestAll:
                     return self._complete_handle(return_type, field_details_list, info, path, result, extra)
                 if self.is_awaitable(result):
-                    return self.complete_awaitable_value(
-                        return_type, field_details_list, info, path, result, position_context
-                    )
+                    raise self._not_synchronous(info, result)
                 completed = self.complete_value(return_type, field_details_list, info, path, result, position_context)
                 if self.is_awaitable(completed):
-                    return self._awaited(return_type, field_details_list, info, path, completed, False, extra)
+                    raise self._not_synchronous(info, completed)
                 return completed
             except Exception as raw_error:
                 self._failed(raw_error, return_type, field_details_list, path)

@@ -349,3 +349,19 @@ def test_no_greenlet_outlives_an_execution(no_leaked_greenlets: Any, setting: st
     context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
     for query in QUERIES.values():
         graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
+
+
+def test_an_async_resolver_is_a_clear_field_error_not_a_silent_coroutine() -> None:
+    """graphql-core's execute() detects awaitables; fiberloader's context says what to do."""
+    schema = make_schema()
+
+    async def title(post: Any, info: Any) -> str:
+        return str(post["title"])
+
+    schema.get_type("Post").fields["title"].resolve = title  # type: ignore[union-attr]
+    result = execute(schema, parse("{ post(id: 1) { id title } }"), **{CONTEXT: DataloaderExecutionContext})
+    assert result.data == {"post": None}  # title is non-null: the post is nulled
+    (error,) = result.errors  # type: ignore[misc]
+    assert error.path == ["post", "title"]
+    assert "Post.title returned an awaitable" in error.message
+    assert "graphql-core's own async execution" in error.message
