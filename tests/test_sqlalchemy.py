@@ -807,7 +807,6 @@ def test_an_instance_that_leaves_the_session_before_the_fetch(scheduler: Type[Da
 # -- AsyncDataloader: fetches take turns on a session -------------------------
 
 
-@pytest.mark.skipif(not hasattr(fiberloader, "AsyncDataloader"), reason="needs gevent")
 def test_async_fetches_take_turns_on_one_session(db: Database) -> None:
     import gevent
 
