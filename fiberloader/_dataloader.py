@@ -1011,7 +1011,8 @@ def _worker_main(first: List[Any]) -> None:
         _kept_pool(type(run.dataloader)).append(me)
         # Hold nothing of the run that is ending: not its context (which
         # holds the dataloader and its caches), not its hub.
-        me.owner = me.groups = me.waiting = me.batch = None
+        me.owner = me.waiting = me.batch = None
+        me.groups.clear()  # empty already: every loop pops what it pushed
         me.gr_context = None
         del run, variables, task
         # Back to the hub closing the old run (_close made it our parent);

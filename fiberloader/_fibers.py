@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from greenlet import greenlet
 
@@ -54,7 +54,7 @@ class Worker(greenlet):
         self.owner = owner  # the run this worker belongs to
         self.waiting: Any = None  # what it is parked on: (source, keys) or a loop
         self.batch: Any = None  # (source, batch) while it runs a fetch
-        self.groups: Any = None  # the split loops running on its stack, outermost first
+        self.groups: List[Any] = []  # the split loops (and marks) on its stack, outermost first
         self.pending: Any = None  # a concurrent scheduler's delivery not yet made
 
 

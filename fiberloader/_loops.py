@@ -88,8 +88,6 @@ class SplitLoop(Waitable):
         self.helper_queued = False
         worker: Worker = getcurrent()  # type: ignore[assignment]
         groups = worker.groups
-        if groups is None:
-            groups = worker.groups = []
         groups.append(self)
         items = self.items
         concurrent = self.run.wake is not None

@@ -147,8 +147,6 @@ class _Batching:
             unstarted = iter(fields.items())
             mark = [None, _FieldsLoop.from_mark, self, parent_type, source, path, unstarted, extra]
             groups = worker.groups
-            if groups is None:
-                groups = worker.groups = []
             groups.append(mark)
             type_name = parent_type.name
             execute_field = self.execute_field  # type: ignore[attr-defined]
@@ -218,9 +216,8 @@ class _Batching:
         else:
             values = []
             mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
+            # Only a worker's loop of two or more items can be split.
             groups = worker.groups if run is not None and len(items) > 1 else None
-            if groups is None and run is not None and len(items) > 1:
-                groups = worker.groups = []
             if groups is not None:
                 groups.append(mark)
             complete_value = self.complete_value  # type: ignore[attr-defined]
@@ -501,12 +498,13 @@ class _ExecutionLoop(SplitLoop):
 
     Under ``Dataloader`` the owner runs the items in ``execute_fields`` /
     ``_items``: graphql-core's own loop, which keeps a *mark* on the
-    worker's stack of loops -- ``[next, loop, from_mark, context, ...]``, a
-    list, the one allocation per object.  Only when the worker parks does
-    the scheduler turn a mark into one of these loop objects (``from_mark``),
-    for a helper to take the unstarted items; the owner sees ``mark[1]`` set
-    once its item returns and finishes in ``run_as_owner``.  Under a
-    concurrent scheduler the loop object exists from the start.
+    worker's stack of loops -- ``[loop, from_mark, context, ...]``, a list,
+    the one allocation per object.  Only when the worker parks does the
+    scheduler turn a mark into one of these loop objects (``from_mark``,
+    stored in ``mark[0]``), for a helper to take the unstarted items; the
+    owner sees ``mark[0]`` set once its item returns and finishes in
+    ``run_as_owner``.  Under a concurrent scheduler the loop object exists
+    from the start.
 
     ``run_as_owner`` puts each result straight into the container while no
     helper has stored one (``results`` is None); after that by index, and the
@@ -579,8 +577,6 @@ class _ExecutionLoop(SplitLoop):
         n = len(self.items)
         concurrent = self.run.wake is not None
         groups = self.owner.groups
-        if groups is None:
-            groups = self.owner.groups = []
         groups.append(self)
         try:
             while self.next < n:
