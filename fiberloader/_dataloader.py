@@ -334,9 +334,17 @@ class Dataloader:
         ``fn`` appends finish too before this returns.
         """
         dataloader = cls(**options)
+        return dataloader._call_as_job(lambda: fn(dataloader))
+
+    def _call_as_job(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` as a job, to the end of ``run()``; return its value or raise its exception.
+
+        The web integrations run each request's application (and each step
+        of a streamed body) this way.
+        """
         box: List[T] = []
-        dataloader.append_job(lambda: box.append(fn(dataloader)))
-        dataloader.run()
+        self.append_job(lambda: box.append(fn()))
+        self.run()
         return box[0]
 
     def run(self) -> None:

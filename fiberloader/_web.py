@@ -1,7 +1,7 @@
 """What the web integrations share: run a call as a job, stream a body in jobs.
 
-A request gets one dataloader.  ``call_as_job`` runs the application (or the
-view) as a job of it, to the end of ``run()``: every greenlet it started
+A request gets one dataloader.  ``Dataloader._call_as_job`` runs the
+application (or the view) as a job of it, to the end of ``run()``: every greenlet it started
 has ended when it returns.  A response body that is iterated later (a
 generator) is wrapped by ``JobBody``: each ``next()`` is one more run of the
 same dataloader, so the body may still ``load`` and still sees the
@@ -12,23 +12,15 @@ cache.  Nothing of the request outlives ``close()``.
 from __future__ import annotations
 
 from contextvars import Context, copy_context
-from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from ._dataloader import Dataloader
 
-__all__ = ["call_as_job", "finish", "JobBody", "wrap_body"]
+__all__ = ["finish", "JobBody", "wrap_body"]
 
 T = TypeVar("T")
 
 _DONE: Any = object()  # the body's iterator is exhausted
-
-
-def call_as_job(dataloader: Dataloader, fn: Callable[[], T]) -> T:
-    """Run ``fn()`` as a job of ``dataloader``; return its value or raise its exception."""
-    box: List[T] = []
-    dataloader.append_job(lambda: box.append(fn()))
-    dataloader.run()
-    return box[0]
 
 
 class JobBody:
@@ -76,8 +68,8 @@ class JobBody:
 
         dataloader: Dataloader = self._dataloader  # type: ignore[assignment]
         if self._context is None:
-            return call_as_job(dataloader, job)
-        return self._context.run(call_as_job, dataloader, job)
+            return dataloader._call_as_job(job)
+        return self._context.run(dataloader._call_as_job, job)
 
     def _step(self) -> Any:
         if self._iterator is None:

@@ -101,7 +101,7 @@ from ._errors import ConfigurationError, FiberloaderTypeError, short_repr
 from ._settings import SETTING_NAME
 from ._settings import register_scheduler_adapter, resolve_first
 from ._source import _MISSING, Source
-from ._web import JobBody, call_as_job, finish
+from ._web import JobBody, finish
 
 __all__ = [
     "DataloaderMiddleware",
@@ -311,7 +311,7 @@ class DataloaderMiddleware:
         dataloader = self.dataloader_class()
         request.dataloader = dataloader
         try:
-            response = call_as_job(dataloader, lambda: self.get_response(request))
+            response = dataloader._call_as_job(lambda: self.get_response(request))
         except BaseException:
             finish(dataloader)
             raise

@@ -50,7 +50,7 @@ from ._dataloader import Dataloader
 from ._errors import FiberloaderError
 from ._settings import SETTING_NAME
 from ._settings import resolve_first
-from ._web import call_as_job, finish, wrap_body
+from ._web import finish, wrap_body
 from .wsgi import ENVIRON_KEY
 
 __all__ = ["Fiberloader", "EXTENSION_NAME", "SETTING_NAME"]
@@ -129,7 +129,7 @@ def _dispatch_in_dataloader(cls: Type[Dataloader], dispatch: Callable[[], Respon
             del environ[ENVIRON_KEY]
 
     try:
-        response = call_as_job(dataloader, dispatch)
+        response = dataloader._call_as_job(dispatch)
     except BaseException:
         finish(dataloader, forget)
         raise

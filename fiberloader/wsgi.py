@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from ._settings import adapt_scheduler
 from ._settings import dataloader_class as _dataloader_class
-from ._web import call_as_job, wrap_body
+from ._web import finish, wrap_body
 
 __all__ = ["DataloaderMiddleware", "ENVIRON_KEY"]
 
@@ -49,10 +49,13 @@ class DataloaderMiddleware:
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:  # type: ignore[type-arg]
         dataloader = self.dataloader_class()
         environ[ENVIRON_KEY] = dataloader
-        try:
-            body = call_as_job(dataloader, lambda: self.app(environ, start_response))
-        except BaseException:
+
+        def forget() -> None:
             environ.pop(ENVIRON_KEY, None)
-            dataloader.clear_cache()
+
+        try:
+            body = dataloader._call_as_job(lambda: self.app(environ, start_response))
+        except BaseException:
+            finish(dataloader, forget)  # as after a body: the cache and the sources go too
             raise
-        return wrap_body(dataloader, body, lambda: environ.pop(ENVIRON_KEY, None))
+        return wrap_body(dataloader, body, forget)

@@ -159,7 +159,10 @@ def test_close_runs_even_when_the_body_is_not_iterated_to_the_end() -> None:
 
 
 def test_an_exception_in_the_application_propagates_and_leaks_nothing(scheduler: Any) -> None:
+    used: List[Any] = []
+
     def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
+        used.append(current_dataloader())
         current_dataloader().with_(Squares).load(2)  # type: ignore[union-attr]
         raise LookupError("no such page")
 
@@ -168,6 +171,7 @@ def test_an_exception_in_the_application_propagates_and_leaks_nothing(scheduler:
     with pytest.raises(LookupError, match="no such page"):
         DataloaderMiddleware(app, scheduler)(environ, lambda *a: None)
     assert ENVIRON_KEY not in environ and not live_greenlets()
+    assert not used[0]._sources  # the sources (and what they hold) are dropped too
 
 
 def test_the_setting_is_resolved_at_start_up(monkeypatch: Any) -> None:
