@@ -67,7 +67,7 @@ _adapters: List[Callable[[Type[Any]], Type[Any]]] = []
 
 
 def register_scheduler_adapter(adapter: Callable[[Type[Any]], Type[Any]]) -> None:
-    """Let a framework integration adapt every scheduler class resolved from now on."""
+    """Let a framework integration adapt the classes ``adapt_scheduler`` returns from now on."""
     if adapter not in _adapters:
         _adapters.append(adapter)
 
@@ -113,10 +113,11 @@ def resolve_first(*candidates: Tuple[Any, str]) -> "Type[Any]":
     Raises:
         ConfigurationError: that setting names no scheduler.
     """
-    found = [(setting, source) for setting, source in candidates if setting is not None]
-    environment = os.environ.get(ENVIRONMENT_VARIABLE) or None
-    setting, source = (found or [(environment, f"${ENVIRONMENT_VARIABLE}")])[0]
-    return _resolve(setting, source) if setting is not None else _resolve("sync", "the default")
+    environment = (os.environ.get(ENVIRONMENT_VARIABLE) or None, f"${ENVIRONMENT_VARIABLE}")
+    for setting, source in (*candidates, environment):
+        if setting is not None:
+            return _resolve(setting, source)
+    return _resolve("sync", "the default")
 
 
 def _resolve(setting: Any, source: str) -> "Type[Any]":
