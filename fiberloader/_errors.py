@@ -49,6 +49,15 @@ class FiberloaderError(Exception):
     """Base class of every error fiberloader raises itself."""
 
 
+class SourceKeyError(FiberloaderError):
+    """An error about one key of one source: ``.source`` and ``.key`` say which."""
+
+    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.key = key
+
+
 class ConfigurationError(FiberloaderError, ValueError):
     """A bad setting: ``fiber_limit``, ``max_batch_size``, scheduler name."""
 
@@ -61,13 +70,8 @@ class SourceTypeError(FiberloaderTypeError):
     """``with_()`` was given something that is not a :class:`Source` subclass."""
 
 
-class KeyTypeError(FiberloaderTypeError):
+class KeyTypeError(SourceKeyError, FiberloaderTypeError):
     """A key (after ``result_key_for``) is not hashable."""
-
-    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
-        super().__init__(message)
-        self.source = source
-        self.key = key
 
 
 class FetchError(FiberloaderError, ValueError):
@@ -85,13 +89,8 @@ class FetchError(FiberloaderError, ValueError):
         self.result = result
 
 
-class NotRunningError(FiberloaderError, RuntimeError):
+class NotRunningError(SourceKeyError, RuntimeError):
     """A call that needs a running job was made outside one."""
-
-    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
-        super().__init__(message)
-        self.source = source
-        self.key = key
 
 
 class DeadlockError(FiberloaderError, RuntimeError):

@@ -55,8 +55,8 @@ from sqlalchemy.orm.exc import UnmappedColumnError
 
 from ._errors import (
     ConfigurationError,
-    FiberloaderError,
     KeyTypeError,
+    SourceKeyError,
     SourceTypeError,
     class_name,
     short_repr,
@@ -73,7 +73,7 @@ __all__ = [
 _UNLOADED: Any = object()  # the relationship attribute is not loaded
 
 
-class MultipleRecordsError(FiberloaderError, MultipleResultsFound):
+class MultipleRecordsError(SourceKeyError, MultipleResultsFound):
     """``RecordSource`` found several rows for one key of a non-unique column.
 
     Only the keys with several rows fail (each ``load`` of such a key raises
@@ -82,23 +82,16 @@ class MultipleRecordsError(FiberloaderError, MultipleResultsFound):
     """
 
     def __init__(self, message: str, source: Any = None, key: Any = None, count: int = 0) -> None:
-        super().__init__(message)
-        self.source = source
-        self.key = key
+        super().__init__(message, source, key)
         self.count = count
 
 
-class InstanceStateError(FiberloaderError, ValueError):
+class InstanceStateError(SourceKeyError, ValueError):
     """``AssociationSource`` got an instance whose relationship it cannot load.
 
     The instance is detached, deleted, or in another session than the
     source's; SQLAlchemy would raise ``DetachedInstanceError`` for the first.
     """
-
-    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
-        super().__init__(message)
-        self.source = source
-        self.key = key
 
 
 # -- argument checks shared by both sources ---------------------------------
