@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import socket
 import sys
 import time
 from importlib import metadata
@@ -56,6 +57,13 @@ def rst_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Seque
         return "  ".join(padded).rstrip()
 
     return "\n".join([rule, line(header), rule, *(line(row) for row in rows), rule])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server the script starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Timer:

@@ -149,7 +149,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -654,12 +653,6 @@ def postgres_description(bin_dir: str) -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # so that the server's finally block runs
 
@@ -693,7 +686,7 @@ def postgres_server(bin_dir: str) -> Iterator[str]:
         if as_user:
             shutil.chown(directory, POSTGRES_USER, POSTGRES_USER)
         tool("initdb", "-D", data, "--auth=trust", "--username=bench", "--encoding=UTF8", "--locale=C", "--no-sync")
-        port = free_port()
+        port = _report.free_port()
         started = True  # from here on, stop it whatever happens
         tool("pg_ctl", "-D", data, "-o", f"-h 127.0.0.1 -p {port} -k {shlex.quote(directory)}", "-l", log, "-w", "start")
         yield f"host=127.0.0.1 port={port} user=bench dbname=postgres sslmode=disable gssencmode=disable"

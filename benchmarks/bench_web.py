@@ -38,7 +38,6 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,12 +82,6 @@ class Row:
         return str(low) if low == high else f"{low}-{high}"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def get(connection: http.client.HTTPConnection, path: str) -> Tuple[int, bytes, int]:
     connection.request("GET", path)
     response = connection.getresponse()
@@ -100,7 +93,7 @@ class Server:
     """A gunicorn -k gevent serving the example app with one variant's environment."""
 
     def __init__(self, database: str, variant: str) -> None:
-        self.port = free_port()
+        self.port = _report.free_port()
         env = dict(os.environ, BLOG_DB=database, PYTHONPATH=ROOT)
         env["BLOG_BATCHING"] = "0" if variant == "naive" else "1"
         if variant != "naive":
