@@ -82,6 +82,7 @@ else:
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
 _base_execute_fields = _Base.execute_fields
+_NO_MARK: List[Any] = [None]  # the mark of a loop nobody can take over (never set)
 
 
 class _Batching:
@@ -209,17 +210,19 @@ class _Batching:
         running is the ``len(values)``-th.
         """
         worker: Worker = getcurrent()  # type: ignore[assignment]
-        run = getattr(worker, "owner", None)
+        run: Any = getattr(worker, "owner", None)
         deferrals = self._deferrals
-        if run is not None and run.wake is not None and len(items) > 1:  # a concurrent scheduler
+        splittable = run is not None and len(items) > 1  # a worker's loop of two or more items
+        if splittable and run.wake is not None:  # a concurrent scheduler
             values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner([])
         else:
             values = []
-            mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
-            # Only a worker's loop of two or more items can be split.
-            groups = worker.groups if run is not None and len(items) > 1 else None
-            if groups is not None:
+            if splittable:
+                mark = [None, _ListLoop.from_mark, self, item_type, field_nodes, info, path, items, extra, values]
+                groups = worker.groups
                 groups.append(mark)
+            else:  # nothing can take it over: no mark to make
+                mark, groups = _NO_MARK, None
             complete_value = self.complete_value  # type: ignore[attr-defined]
             try:
                 for index, item in enumerate(items):
