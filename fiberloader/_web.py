@@ -12,15 +12,28 @@ cache.  Nothing of the request outlives ``close()``.
 from __future__ import annotations
 
 from contextvars import Context, copy_context
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
 from ._dataloader import Dataloader
 
-__all__ = ["finish", "JobBody", "wrap_body"]
+__all__ = ["ENVIRON_KEY", "expose", "finish", "JobBody", "wrap_body"]
 
 T = TypeVar("T")
 
 _DONE: Any = object()  # the body's iterator is exhausted
+
+ENVIRON_KEY = "fiberloader.dataloader"  # where the WSGI environ holds the request's dataloader
+
+
+def expose(environ: Dict[str, Any], dataloader: Dataloader) -> Callable[[], None]:
+    """Put ``dataloader`` in ``environ[ENVIRON_KEY]``; return what takes it out again."""
+    environ[ENVIRON_KEY] = dataloader
+
+    def forget() -> None:
+        if environ.get(ENVIRON_KEY) is dataloader:
+            del environ[ENVIRON_KEY]
+
+    return forget
 
 
 class JobBody:

@@ -50,8 +50,7 @@ from ._dataloader import Dataloader
 from ._errors import FiberloaderError
 from ._settings import SETTING_NAME
 from ._settings import resolve_first
-from ._web import finish, wrap_body
-from .wsgi import ENVIRON_KEY
+from ._web import expose, finish, wrap_body
 
 __all__ = ["Fiberloader", "EXTENSION_NAME", "SETTING_NAME"]
 
@@ -120,14 +119,8 @@ class Fiberloader:
 
 def _dispatch_in_dataloader(cls: Type[Dataloader], dispatch: Callable[[], Response]) -> Response:
     """Flask's dispatch as a job of a new dataloader; a streamed body steps in its jobs."""
-    environ = request.environ
     dataloader = cls()
-    environ[ENVIRON_KEY] = dataloader
-
-    def forget() -> None:
-        if environ.get(ENVIRON_KEY) is dataloader:
-            del environ[ENVIRON_KEY]
-
+    forget = expose(request.environ, dataloader)
     try:
         response = dataloader._call_as_job(dispatch)
     except BaseException:

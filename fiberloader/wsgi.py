@@ -22,11 +22,9 @@ from typing import Any, Callable, Iterable
 
 from ._settings import adapt_scheduler
 from ._settings import dataloader_class as _dataloader_class
-from ._web import finish, wrap_body
+from ._web import ENVIRON_KEY, expose, finish, wrap_body
 
 __all__ = ["DataloaderMiddleware", "ENVIRON_KEY"]
-
-ENVIRON_KEY = "fiberloader.dataloader"
 
 
 class DataloaderMiddleware:
@@ -48,11 +46,7 @@ class DataloaderMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:  # type: ignore[type-arg]
         dataloader = self.dataloader_class()
-        environ[ENVIRON_KEY] = dataloader
-
-        def forget() -> None:
-            environ.pop(ENVIRON_KEY, None)
-
+        forget = expose(environ, dataloader)
         try:
             body = dataloader._call_as_job(lambda: self.app(environ, start_response))
         except BaseException:
