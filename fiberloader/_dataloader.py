@@ -789,7 +789,7 @@ class Dataloader:
                 f"Call it from inside a job: {type(self).__name__}.with_dataloading(fn), or "
                 "dataloader.append_job(fn) then dataloader.run(); in a web app, run each "
                 "request's handler as a job of its own dataloader.",
-                source=source,
+                data_source=source,
                 key=key,
             )
         return NotRunningError(
@@ -797,7 +797,7 @@ class Dataloader:
             f"({type(self).__name__} is running, but this code runs outside it: in another "
             "dataloader's job, or in a thread or greenlet of your own). Call it from the job "
             "itself, or use that code's own dataloader (fiberloader.current_dataloader()).",
-            source=source,
+            data_source=source,
             key=key,
         )
 

@@ -3,8 +3,13 @@
 Every error fiberloader raises itself subclasses :class:`FiberloaderError`,
 and also the nearest built-in kind where there is one, so ``except
 TypeError`` keeps working for an unhashable key.  Each error keeps the data
-it talks about as attributes (``.source``, ``.keys``) and bounds every value
-it prints, so a huge key list never floods a log.
+it talks about as attributes (``.data_source``, ``.key``, ``.keys``) and
+bounds every value it prints, so a huge key list never floods a log.
+
+No attribute is called ``source``, ``positions``, ``nodes``, ``path``,
+``locations`` or ``message``: graphql-core's ``located_error()`` reads those
+from any exception a resolver raises, and a fiberloader ``Source`` where it
+expects a GraphQL ``Source`` crashed the whole execution.
 """
 
 from __future__ import annotations
@@ -50,11 +55,11 @@ class FiberloaderError(Exception):
 
 
 class SourceKeyError(FiberloaderError):
-    """An error about one key of one source: ``.source`` and ``.key`` say which."""
+    """An error about one key of one source: ``.data_source`` and ``.key`` say which."""
 
-    def __init__(self, message: str, source: Any = None, key: Any = None) -> None:
+    def __init__(self, message: str, data_source: Any = None, key: Any = None) -> None:
         super().__init__(message)
-        self.source = source
+        self.data_source = data_source
         self.key = key
 
 
@@ -81,10 +86,10 @@ class FetchError(FiberloaderError, ValueError):
     """
 
     def __init__(
-        self, message: str, source: Any = None, keys: Sequence[Any] = (), result: Any = None
+        self, message: str, data_source: Any = None, keys: Sequence[Any] = (), result: Any = None
     ) -> None:
         super().__init__(message)
-        self.source = source
+        self.data_source = data_source
         self.keys = list(keys)
         self.result = result
 

@@ -437,7 +437,7 @@ class Source(Generic[K, V]):
             f"{class_name(type(self))}.{method}({short_repr(key)}) was called on an "
             "instance made directly. Get sources from a dataloader: "
             f"dataloader.with_({class_name(type(self))}, ...).{method}(...).",
-            source=self,
+            data_source=self,
             key=key,
         )
 
@@ -449,7 +449,7 @@ class Source(Generic[K, V]):
             f"{self!r}.{method}() needs hashable keys, but got {short_repr(key)} "
             f"({type(rk).__name__} is unhashable). Pass a hashable value (a tuple instead of "
             f"a list) or override {class_name(type(self))}.result_key_for() to return one.",
-            source=self,
+            data_source=self,
             key=key,
         )
 
@@ -470,7 +470,7 @@ class Source(Generic[K, V]):
             f"{self!r}.fetch() must return one result per key, in key order, but it returned "
             f"{len(result)} results for {len(keys)} keys {short_repr(keys)}.{hint} Return a "
             "list of len(keys) items (None where a key has no value), or a dict keyed by key.",
-            source=self,
+            data_source=self,
             keys=keys,
             result=result,
         )
@@ -480,7 +480,7 @@ class Source(Generic[K, V]):
             f"{self!r}.fetch() must return a list with one result per key, but it returned "
             f"{type(result).__name__} {short_repr(result)} for keys {short_repr(keys)}. Return "
             "a list (not a generator), or a dict keyed by key.",
-            source=self,
+            data_source=self,
             keys=keys,
             result=result,
         )

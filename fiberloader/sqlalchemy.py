@@ -81,8 +81,8 @@ class MultipleRecordsError(SourceKeyError, MultipleResultsFound):
     ``sqlalchemy.exc.MultipleResultsFound``, as ``Result.one()`` raises.
     """
 
-    def __init__(self, message: str, source: Any = None, key: Any = None, count: int = 0) -> None:
-        super().__init__(message, source, key)
+    def __init__(self, message: str, data_source: Any = None, key: Any = None, count: int = 0) -> None:
+        super().__init__(message, data_source, key)
         self.count = count
 
 
@@ -301,7 +301,7 @@ class RecordSource(Source[Any, Any]):
             f"{self.column} == {short_repr(key)}, and RecordSource gives one record per key. "
             f"Load by a unique column (the default is the primary key), or write a Source whose "
             "fetch returns a list of records per key.",
-            source=self,
+            data_source=self,
             key=key,
             count=count,
         )
@@ -447,7 +447,7 @@ class AssociationSource(Source[Any, Any]):
                 f"{self!r}.{method}({short_repr(key)}): the instance is {how}, so its "
                 f"{self.name!r} cannot be loaded. Load instances in the session the source "
                 "was made with, or bring this one back with session.add() or session.merge().",
-                source=self,
+                data_source=self,
                 key=key,
             )
         if state.session is not self.session:
@@ -456,7 +456,7 @@ class AssociationSource(Source[Any, Any]):
                 "than the source's. Use the source of its own session, "
                 f"dataloader.with_(AssociationSource, its_session, {self.model.__name__}, "
                 f"{self.name!r}), or load the instance in this source's session.",
-                source=self,
+                data_source=self,
                 key=key,
             )
         return None
@@ -468,7 +468,7 @@ class AssociationSource(Source[Any, Any]):
             f"{short_repr(key)} ({type(key).__name__}). Pass a {model} instance; to load "
             f"by primary key, use dataloader.with_(RecordSource, session, {model}).load(id) "
             "first.",
-            source=self,
+            data_source=self,
             key=key,
         )
 

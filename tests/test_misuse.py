@@ -76,7 +76,7 @@ def test_unhashable_key_is_a_type_error_naming_source_and_key(any_scheduler: Typ
 
     error = any_scheduler.with_dataloading(job)
     assert isinstance(error, TypeError)
-    assert error.source is not None and repr(error.source) == "Users('accounts')"
+    assert error.data_source is not None and repr(error.data_source) == "Users('accounts')"
     message = str(error)
     assert "Users('accounts')." in message and "needs hashable keys" in message
     assert "list is unhashable" in message
@@ -95,7 +95,7 @@ def test_load_outside_a_running_dataloader_says_how_to_start_one(any_scheduler: 
     with pytest.raises(NotRunningError) as info:
         source.load(42)
     assert isinstance(info.value, RuntimeError)
-    assert (info.value.source, info.value.key) == (source, 42)
+    assert (info.value.data_source, info.value.key) == (source, 42)
     message = str(info.value)
     assert "The load of Users() key 42 (not cached) needs a running dataloader" in message
     assert "with_dataloading(fn)" in message and "append_job(fn)" in message
@@ -182,7 +182,7 @@ def test_wrong_length_fetch_error_names_source_lengths_and_first_missing_key(sch
         return info.value
 
     error = scheduler.with_dataloading(job)
-    assert repr(error.source) == "Short('accounts')" and error.keys == ["a", "b", "c"]
+    assert repr(error.data_source) == "Short('accounts')" and error.keys == ["a", "b", "c"]
     message = str(error)
     assert "Short('accounts').fetch() must return one result per key" in message
     assert "returned 1 results for 3 keys ['a', 'b', 'c']" in message
