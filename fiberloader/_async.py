@@ -35,7 +35,7 @@ from __future__ import annotations
 from contextvars import copy_context
 from typing import Any, List, Optional
 
-from gevent import get_hub
+from gevent import Timeout, get_hub
 from gevent.event import Event
 
 from ._dataloader import Dataloader, _Run
@@ -104,7 +104,34 @@ class AsyncDataloader(Dataloader):
     def _wake(self, run: _Run) -> None:
         run.wake.set()
 
+    def _throw(self, run: _Run, worker: Worker, error: BaseException) -> None:
+        # As gevent.kill does: from the hub's loop, wherever the worker waits.
+        get_hub().loop.run_callback(self._thrown, worker, error)
+
+    @staticmethod
+    def _thrown(worker: Worker, error: Any) -> None:
+        if error.applies_to(worker):  # it may have finished meanwhile
+            worker.throw(error)
+
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+        timeout = source.fetch_timeout
+        if timeout is None:
+            return self._fetch_now(source, keys)
+        # gevent's Timeout is a BaseException: a fetch that catches Exception
+        # does not swallow it.
+        timer = Timeout(timeout)
+        timer.start()
+        try:
+            return self._fetch_now(source, keys)
+        except Timeout as error:
+            if error is not timer:
+                raise
+            raise source._timed_out(keys, timeout, late=False) from None
+        finally:
+            timer.close()
+
+    @staticmethod
+    def _fetch_now(source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         if source.blocking:
             context = copy_context()  # a thread starts with an empty one
             return get_hub().threadpool.apply(context.run, (source.fetch, keys))

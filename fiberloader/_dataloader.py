@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from time import monotonic
 from collections import deque
 from contextvars import Context, copy_context
 from functools import partial
@@ -97,7 +98,7 @@ from ._errors import (
     class_name,
     short_repr,
 )
-from ._fibers import CURRENT, Worker, copy_error
+from ._fibers import CURRENT, Cancelled, Worker, copy_error
 from ._loops import MapLoop, SplitLoop
 from ._source import Batch, Source
 
@@ -170,6 +171,9 @@ class _Run:
         "deadlock",
         "cleanup",
         "wake",
+        "expiring",
+        "interrupted",
+        "interrupts",
     )
 
     def __init__(
@@ -193,6 +197,12 @@ class _Run:
         self.deadlock: Optional[DeadlockError] = None
         self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
         self.wake = wake  # concurrent schedulers: what the hub blocks on
+        # (source, result keys, error) of fetches that timed out: their keys
+        # fail for the loads waiting now, and are forgotten after the next
+        # job phase (a timeout is not cached).
+        self.expiring: List[Tuple[Source, List[Hashable], BaseException]] = []  # type: ignore[type-arg]
+        self.interrupted = False  # a parked worker was woken by an exception (a timeout, a kill)
+        self.interrupts: List[Any] = []  # map() loops whose items the hub must stop
 
 
 def _check_fiber_limit(fiber_limit: Optional[int]) -> Optional[int]:
@@ -284,6 +294,12 @@ class Dataloader:
                 f"dataloader.with_() takes a Source subclass, but got {short_repr(source_class)}. "
                 "Define `class MySource(fiberloader.Source)` with a fetch(keys) method and pass "
                 "the class itself."
+            )
+        if source_class.fetch is Source.fetch:
+            raise SourceTypeError(
+                f"dataloader.with_({class_name(source_class)}) needs a source that fetches, but "
+                f"{class_name(source_class)} does not define fetch(). Add "
+                "`def fetch(self, keys): ...` returning one result per key, in key order."
             )
         instances: Dict[Hashable, Source] = {}  # type: ignore[type-arg]
         self._sources[source_class] = instances
@@ -416,8 +432,16 @@ class Dataloader:
         if worker.batch is not None:  # in a fetch: jobs would run only after it
             return self.run_isolated(lambda: self.map(fn, items))
         loop = MapLoop(self, run, fn, items, worker)
-        loop.work()
-        loop.wait()
+        try:
+            loop.work()
+            loop.wait()
+        except BaseException:  # a timeout or a kill: nobody wants the other items now
+            loop.stop()
+            if not run.closing:
+                run.interrupts.append(loop)
+                if run.wake is not None:
+                    self._wake(run)
+            raise
         return loop.outcome()
 
     def yield_(self) -> None:
@@ -482,6 +506,8 @@ class Dataloader:
         while True:
             mark = run.progress
             self._job_phase(run)
+            if run.expiring:  # every load that waited on a timed-out key has read it now
+                self._forget_expired(run)
             pending = bool(self._pending_sources)
             if pending:
                 self._fetch_phase(run)
@@ -515,6 +541,8 @@ class Dataloader:
                 self._start(run, _JOBS)
             elif run.running:
                 self._block(run)
+                if run.interrupts:
+                    self._cancel_items(run)
             else:
                 return
             if run.failure is not None:
@@ -540,6 +568,10 @@ class Dataloader:
                 pass
             elif run.running:
                 self._block(run)
+                if run.interrupts:
+                    self._cancel_items(run)
+                if run.interrupted:
+                    self._cancel_orphans(run)
             elif not parked:
                 if waiting:
                     raise InvariantError("a fetch is waiting for a worker, but none is busy")
@@ -591,15 +623,81 @@ class Dataloader:
         stats.fetches += 1
         stats.keys_fetched += len(batch)
         try:
-            source._run_batch(batch)
+            timed_out = source._run_batch(batch)
+            if timed_out is not None:
+                worker.owner.expiring.append((source, [rk for rk, _ in batch], timed_out))
         finally:
             worker.batch = None
             if self.eager_resume:
                 self._wake(worker.owner)  # some job may go on now
 
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
-        """Call ``source.fetch(keys)`` (AsyncDataloader sends blocking ones to threads)."""
-        return source.fetch(keys)
+        """Call ``source.fetch(keys)``; fail it if it returns after its ``fetch_timeout``.
+
+        Nothing can interrupt a blocking call here; AsyncDataloader stops
+        the fetch at the deadline instead (and sends blocking ones to threads).
+        """
+        timeout = source.fetch_timeout
+        if timeout is None:
+            return source.fetch(keys)
+        started = monotonic()
+        result = source.fetch(keys)
+        if monotonic() - started > timeout:
+            raise source._timed_out(keys, timeout, late=True)
+        return result
+
+    @staticmethod
+    def _forget_expired(run: _Run) -> None:
+        for source, rks, error in run.expiring:
+            source._forget_failed(rks, error)
+        run.expiring.clear()
+
+    # -- cancelling what nobody waits for any more (runs in the hub) ----------------
+
+    def _cancel_orphans(self, run: _Run) -> None:
+        """Stop the fetches whose keys no parked job or fetch waits for any more.
+
+        Called after a parked worker was woken by an exception (a
+        ``gevent.Timeout`` around a load, a kill): the fetch it waited for
+        may have nobody left to wait for it, and must not keep ``run()``
+        (and the request) waiting.  A stopped fetch stores nothing; a later
+        load of its keys fetches them again.
+        """
+        run.interrupted = False
+        fetches = [worker for worker in run.workers if worker.batch is not None]
+        stopped: List[Worker] = []
+        while fetches:
+            wanted = set()
+            for worker in run.workers:
+                waiting = worker.waiting
+                if type(waiting) is tuple and worker not in stopped:
+                    source, rks = waiting
+                    wanted.update((id(source), rk) for rk in rks)
+            orphans = [
+                worker
+                for worker in fetches
+                if not any((id(worker.batch[0]), rk) in wanted for rk, _ in worker.batch[1])
+            ]
+            if not orphans:
+                break
+            stopped += orphans
+            fetches = [worker for worker in fetches if worker not in orphans]
+        for worker in stopped:
+            self._throw(run, worker, Cancelled(None, worker.batch))
+
+    def _cancel_items(self, run: _Run) -> None:
+        """Stop the items of map() loops whose caller stopped waiting for them."""
+        interrupts = run.interrupts[:]
+        run.interrupts.clear()
+        for loop in interrupts:
+            for worker in list(run.workers):
+                if loop in worker.groups and worker is not loop.owner:
+                    self._throw(run, worker, Cancelled(loop))
+
+    def _throw(self, run: _Run, worker: Worker, error: BaseException) -> None:
+        """In the hub: raise ``error`` in ``worker`` wherever it waits (a park, I/O)."""
+        if error.applies_to(worker):  # type: ignore[attr-defined]
+            worker.throw(error)
 
     def _resume(self, run: _Run, worker: Worker, value: Any) -> None:
         """Hand a parked worker the value its park returns, and let it run."""
@@ -672,7 +770,7 @@ class Dataloader:
                 task = self._suspend(run)
                 run.starting -= 1
         except BaseException as error:  # a job's exception: the hub raises it
-            if not run.closing:
+            if not run.closing and type(error) is not Cancelled:
                 run.failure = run.failure or error
                 if run.wake is not None:
                     self._wake(run)  # now, not when the siblings in I/O are done
@@ -825,8 +923,12 @@ class Dataloader:
         except BaseException:
             # Woken by an exception thrown in (a gevent.Timeout around the
             # load, a kill) rather than by the hub: running again, so undo
-            # the booking and make sure no resume arrives later.
+            # the booking and make sure no resume arrives later.  What it
+            # waited for may now have nobody waiting: tell the hub.
             self._unpark(run, worker, parked)
+            run.interrupted = True
+            if run.wake is not None:
+                self._wake(run)
             raise
         if value is _DEADLOCK:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
@@ -848,7 +950,11 @@ class Dataloader:
             raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
         worker.waiting = (source, rks)
         while True:
-            self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
+            try:
+                self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
+            except BaseException:
+                worker.waiting = None  # it waits no more: its keys may be orphaned
+                raise
             results, errors = source._results, source._errors
             for key, rk in zip(keys, rks):
                 if rk not in results and rk not in errors:
@@ -898,7 +1004,7 @@ class Dataloader:
         waiting = worker.waiting
         if isinstance(waiting, tuple):
             source, rks = waiting
-            return source, [rk for rk in rks if not source._resolved(rk)]
+            return source, [rk for rk in dict.fromkeys(rks) if not source._resolved(rk)]
         return None, []
 
     def _describe_stuck(self, worker: Worker, starved: Sequence[Source]) -> str:  # type: ignore[type-arg]
@@ -947,6 +1053,9 @@ class Dataloader:
         run.ready.clear()
         run.deadlock = None
         run.failure = None
+        run.interrupts.clear()
+        if run.expiring:
+            self._forget_expired(run)
         if run.workers:
             raise InvariantError(f"{len(run.workers)} worker greenlets did not end")
         if errors and not failed:

@@ -24,6 +24,7 @@ __all__ = [
     "SourceTypeError",
     "KeyTypeError",
     "FetchError",
+    "FetchTimeoutError",
     "NotRunningError",
     "DeadlockError",
     "InvariantError",
@@ -76,7 +77,11 @@ class SourceTypeError(FiberloaderTypeError):
 
 
 class KeyTypeError(SourceKeyError, FiberloaderTypeError):
-    """A key (after ``result_key_for``) is not hashable."""
+    """A key (after ``result_key_for``) is not hashable, or keys are not a list of keys.
+
+    Also raised when ``load_all``/``request_all`` get a string or a
+    non-iterable, and ``merge`` a non-mapping: ``.key`` holds what was given.
+    """
 
 
 class FetchError(FiberloaderError, ValueError):
@@ -92,6 +97,21 @@ class FetchError(FiberloaderError, ValueError):
         self.data_source = data_source
         self.keys = list(keys)
         self.result = result
+
+
+class FetchTimeoutError(FiberloaderError, TimeoutError):
+    """A ``fetch()`` ran longer than its source's ``fetch_timeout``.
+
+    Raised by every ``load`` that waited on a key of that batch.  The keys
+    are not cached: a later load fetches them again.  ``.data_source``,
+    ``.keys`` and ``.timeout`` say which fetch and what limit.
+    """
+
+    def __init__(self, message: str, data_source: Any = None, keys: Sequence[Any] = (), timeout: Any = None) -> None:
+        super().__init__(message)
+        self.data_source = data_source
+        self.keys = list(keys)
+        self.timeout = timeout
 
 
 class NotRunningError(SourceKeyError, RuntimeError):

@@ -23,7 +23,7 @@ from greenlet import greenlet
 if TYPE_CHECKING:  # pragma: no cover
     from ._dataloader import Dataloader
 
-__all__ = ["current_dataloader", "CURRENT", "Worker", "copy_error"]
+__all__ = ["current_dataloader", "CURRENT", "Worker", "Cancelled", "copy_error"]
 
 CURRENT: "ContextVar[Optional[Dataloader]]" = ContextVar(
     "fiberloader.current_dataloader", default=None
@@ -56,6 +56,30 @@ class Worker(greenlet):
         self.batch: Any = None  # (source, batch) while it runs a fetch
         self.groups: List[Any] = []  # the split loops (and marks) on its stack, outermost first
         self.pending: Any = None  # a concurrent scheduler's delivery not yet made
+
+
+class Cancelled(BaseException):
+    """Raised by the scheduler in a job or fetch whose outcome nobody waits for any more.
+
+    A ``BaseException``, like ``GreenletExit``, so that ``except Exception``
+    in user code does not swallow it.  ``loop`` is the ``map()`` loop whose
+    items are stopped (its caller timed out), ``None`` for a fetch; ``batch``
+    the fetch's batch.  The scheduler throws it only while the worker is
+    still doing that, and it ends that item or fetch quietly.
+    """
+
+    def __init__(self, loop: Any = None, batch: Any = None) -> None:
+        super().__init__()
+        self.loop = loop
+        self.batch = batch
+
+    def applies_to(self, worker: Worker) -> bool:
+        """Whether ``worker`` is still running what this cancels."""
+        if worker.dead:
+            return False
+        if self.loop is None:
+            return worker.batch is self.batch
+        return self.loop in worker.groups
 
 
 def copy_error(error: BaseException) -> BaseException:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List
 
 from greenlet import getcurrent
 
-from ._fibers import Worker
+from ._fibers import Cancelled, Worker
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._dataloader import Dataloader, _Run
@@ -144,6 +144,9 @@ class MapLoop(SplitLoop):
             self.results[index] = self.fn(self.items[index])
         except Exception as error:
             self.errors[index] = error
+        except Cancelled as cancelled:  # the caller of map() stopped waiting
+            if cancelled.loop is not self:
+                raise
 
     def outcome(self) -> List[Any]:
         if self.errors:

@@ -37,8 +37,8 @@ class NullDataloader(Dataloader):
         """Run every queued job (and the jobs they queue) in turn, inline."""
         if self._run is not None:
             raise FiberloaderError(
-                "NullDataloader.run() was called while it is already running. From inside a "
-                "job, use dataloader.run_isolated(fn)."
+                f"{type(self).__name__}.run() was called while it is already running. From "
+                "inside a job, use dataloader.run_isolated(fn) to run work to completion now."
             )
         context = copy_context()
         context.run(CURRENT.set, self)
@@ -48,6 +48,7 @@ class NullDataloader(Dataloader):
             while jobs:
                 context.copy().run(jobs.popleft())
         finally:
+            self._forget_expired(self._run)
             self._run = None
 
     def _in_job(self) -> bool:
@@ -78,16 +79,23 @@ class NullDataloader(Dataloader):
             raise self._not_a_job("dataloader.yield_()")
 
     def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
-        if self._run is None:
+        run = self._run
+        if run is None:
             raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
+        if run.expiring:  # the load that waited on a timed-out key has read it
+            self._forget_expired(run)
         for key, rk in zip(keys, rks):
             if source._resolved(rk):
                 continue
             if rk in source._fetching:
+                busy = ", ".join(  # every fetch under way: the cycle is among them
+                    f"{s!r} keys {short_repr(list(s._fetching))}"
+                    for instances in self._sources.values() for s in instances.values() if s._fetching
+                )
                 raise DeadlockError(
-                    f"Deadlock: {source!r}.fetch() loads its own key {short_repr(key)} while "
-                    "fetching it: a circular dependency. Load that key in the job instead, or "
-                    "give the inner load a source of its own.",
+                    f"Deadlock: a fetch loads {source!r} key {short_repr(key)}, which is being "
+                    f"fetched (fetches under way: {busy}): a circular dependency. Load that key "
+                    "in the job instead, or give the inner load a source of its own.",
                     [(source, [rk])],
                 )
             fetch_key = source._pending.pop(rk, _MISSING)
@@ -96,4 +104,6 @@ class NullDataloader(Dataloader):
             source._fetching.add(rk)
             self.stats.fetches += 1
             self.stats.keys_fetched += 1
-            source._run_batch([(rk, fetch_key)])
+            timed_out = source._run_batch([(rk, fetch_key)])
+            if timed_out is not None:
+                run.expiring.append((source, [rk], timed_out))

@@ -35,7 +35,7 @@ business, so the same Source serves every scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
@@ -55,6 +55,7 @@ from typing import (
 from ._errors import (
     ConfigurationError,
     FetchError,
+    FetchTimeoutError,
     InvariantError,
     KeyTypeError,
     NotRunningError,
@@ -73,6 +74,14 @@ V = TypeVar("V")
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # the maps of a source not made by with_()
 _MISSING: Any = object()  # not in the cache
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
 
 # A batch as the scheduler hands it around: (result key, fetch key) pairs.
 Batch = List[Tuple[Hashable, Any]]
@@ -103,10 +112,19 @@ class Source(Generic[K, V]):
             is split into several ``fetch`` calls.
         blocking: for ``AsyncDataloader``: run ``fetch`` in gevent's thread
             pool (a driver that blocks in C).  Ignored by ``Dataloader``.
+        fetch_timeout: ``None`` (no limit) or seconds.  Under
+            ``AsyncDataloader`` a fetch still running at the deadline is
+            stopped; under ``Dataloader`` and ``NullDataloader``, which
+            cannot interrupt a blocking call, a fetch that returns late is
+            failed.  Either way every load waiting on its keys raises
+            :class:`FetchTimeoutError` and the keys are not cached.  An
+            instance may set ``self.fetch_timeout`` in ``__init__`` (from a
+            batch parameter, say).
     """
 
     max_batch_size: ClassVar[Optional[int]] = None
     blocking: ClassVar[bool] = False
+    fetch_timeout: Optional[float] = None
 
     #: The dataloader that owns this instance (``None`` until ``with_()``).
     dataloader: "Optional[Dataloader]" = None
@@ -213,19 +231,21 @@ class Source(Generic[K, V]):
         dataloader._wait(self, (key,), (rk,))
         return self._result(rk)  # type: ignore[no-any-return]
 
-    def load_all(self, keys: Iterable[K]) -> List[V]:
+    def load_all(self, keys: Iterable[K], return_exceptions: bool = False) -> List[Any]:
         """Return the values for ``keys``, in order, duplicates included.
 
         All keys that are not cached go into one batch; may suspend the
         calling job until it is fetched.  If any key failed, raises that
-        key's error (the first failing key in ``keys`` order).
+        key's error (the first failing key in ``keys`` order); with
+        ``return_exceptions=True``, puts each failed key's error (a copy)
+        in its place instead.
         """
-        keys = keys if isinstance(keys, list) else list(keys)
+        keys = keys if isinstance(keys, list) else self._key_list("load_all", keys)
         rks = keys if self._plain_result_keys else [self.result_key_for(k) for k in keys]
         results = self._results
         try:
             return [results[rk] for rk in rks]
-        except KeyError:
+        except KeyError:  # a key not cached, or failed
             pass
         except TypeError:
             raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
@@ -243,7 +263,11 @@ class Source(Generic[K, V]):
             dataloader = self._owner("load_all", missing_keys[0])
             for key, rk in zip(missing_keys, missing_rks):
                 self._enqueue(key, rk)
-            dataloader._wait(self, missing_keys, missing_rks)
+            # Wait on every key, not only the missing ones (first): another
+            # job may clear a cached one while this one is parked.
+            dataloader._wait(self, missing_keys + keys, missing_rks + rks)
+        if return_exceptions:
+            return [self._result_or_error(rk) for rk in rks]
         return [self._result(rk) for rk in rks]
 
     def request(self, key: K) -> "Request[K, V]":
@@ -265,7 +289,7 @@ class Source(Generic[K, V]):
 
     def request_all(self, keys: Iterable[K]) -> "RequestAll[K, V]":
         """Register every key of ``keys`` now; ``handle.load()`` returns the list."""
-        keys = list(keys)
+        keys = self._key_list("request_all", keys)
         for key in keys:
             self.request(key)
         return RequestAll(self, keys)
@@ -277,6 +301,13 @@ class Source(Generic[K, V]):
         merge and left out of the batch.  An ``Exception`` value fails its
         key, as in ``fetch``.
         """
+        if not callable(getattr(values, "items", None)):
+            raise KeyTypeError(
+                f"{self!r}.merge() takes a mapping {{key: value}}, but got {type(values).__name__} "
+                f"{short_repr(values)}. Pass a dict (dict(pairs) for a list of (key, value) pairs).",
+                data_source=self,
+                key=values,
+            )
         self._owner("merge", next(iter(values), None))
         results, errors, pending = self._results, self._errors, self._pending
         for key, value in values.items():
@@ -317,11 +348,17 @@ class Source(Generic[K, V]):
 
     def _attach(self, dataloader: "Dataloader", args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         """Set up the cache after ``with_()`` constructed the instance."""
-        size = type(self).max_batch_size
+        size = self.max_batch_size  # also one set in __init__
         if size is not None and (type(size) is not int or size < 1):
             raise ConfigurationError(
                 f"{class_name(type(self))}.max_batch_size must be None or a positive int, "
                 f"but it is {short_repr(size)}."
+            )
+        timeout = self.fetch_timeout
+        if timeout is not None and (type(timeout) not in (int, float) or not timeout > 0):
+            raise ConfigurationError(
+                f"{class_name(type(self))}.fetch_timeout must be None or a positive number of "
+                f"seconds, but it is {short_repr(timeout)}."
             )
         self.dataloader = dataloader
         self._results = {}
@@ -355,8 +392,15 @@ class Source(Generic[K, V]):
             return [items]
         return [items[i : i + size] for i in range(0, len(items), size)]
 
-    def _run_batch(self, batch: Batch) -> None:
-        """Call ``fetch`` for one batch and store what it gives back."""
+    def _run_batch(self, batch: Batch) -> Optional[FetchTimeoutError]:
+        """Call ``fetch`` for one batch and store what it gives back.
+
+        Returns the error of a fetch that timed out: its keys fail now, for
+        the loads waiting on them, and the scheduler forgets them after
+        those loads have read it (they are not cached).  A fetch stopped by
+        a ``BaseException`` (the scheduler cancelling an orphaned fetch, a
+        ``KeyboardInterrupt``) stores nothing.
+        """
         rks = [rk for rk, _ in batch]
         keys = [key for _, key in batch]
         try:
@@ -364,10 +408,31 @@ class Source(Generic[K, V]):
                 result = self.dataloader._call_fetch(self, keys)  # type: ignore[union-attr]
             except Exception as error:
                 self._fail(rks, error)
+                if isinstance(error, FetchTimeoutError):
+                    return error
             else:
                 self._store(rks, keys, result)
         finally:
             self._fetching.difference_update(rks)
+        return None
+
+    def _timed_out(self, keys: List[Any], timeout: float, late: bool) -> FetchTimeoutError:
+        how = "returned after" if late else "was stopped at"
+        return FetchTimeoutError(
+            f"{self!r}.fetch() of {len(keys)} keys {short_repr(keys)} {how} its fetch_timeout "
+            f"of {timeout:g} s. The keys are not cached: a later load fetches them again. Make "
+            f"the fetch faster, or raise {class_name(type(self))}.fetch_timeout.",
+            data_source=self,
+            keys=keys,
+            timeout=timeout,
+        )
+
+    def _forget_failed(self, rks: List[Hashable], error: BaseException) -> None:
+        """Forget the keys that ``error`` failed (a fetch timeout, once its waiters have read it)."""
+        errors = self._errors
+        for rk in rks:
+            if errors.get(rk) is error:
+                del errors[rk]
 
     def _store(self, rks: List[Hashable], keys: List[Any], result: Any) -> None:
         if isinstance(result, (list, tuple)) or (
@@ -407,6 +472,13 @@ class Source(Generic[K, V]):
             raise InvariantError(f"{self!r} resumed a load of {short_repr(rk)} that has no result")
         raise copy_error(error)
 
+    def _result_or_error(self, rk: Hashable) -> Any:
+        """The value of a resolved key, or a copy of its error."""
+        try:
+            return self._result(rk)
+        except Exception as error:
+            return error
+
     def _resolved(self, rk: Hashable) -> bool:
         return rk in self._results or rk in self._errors
 
@@ -425,6 +497,23 @@ class Source(Generic[K, V]):
         except TypeError:
             raise self._unhashable(method, key) from None
         return rk
+
+    def _key_list(self, method: str, keys: Any) -> List[Any]:
+        """``list(keys)``; a KeyTypeError if ``keys`` is a string or not iterable."""
+        if not isinstance(keys, (str, bytes)):
+            try:
+                return list(keys)
+            except TypeError:
+                if hasattr(keys, "__iter__"):
+                    raise  # an iterable that failed while iterating: its own error
+        what = "one key" if isinstance(keys, (str, bytes)) else "not an iterable"
+        raise KeyTypeError(
+            f"{self!r}.{method}() takes an iterable of keys, but got {type(keys).__name__} "
+            f"{short_repr(keys)} ({what}). Pass a list of keys, or call "
+            f"{'request' if method == 'request_all' else 'load'}(key) for one key.",
+            data_source=self,
+            key=keys,
+        )
 
     def _owner(self, method: str, key: Any) -> "Dataloader":
         dataloader = self.dataloader
@@ -445,6 +534,15 @@ class Source(Generic[K, V]):
 
     def _unhashable(self, method: str, key: Any) -> KeyTypeError:
         rk = self._result_key(key)
+        if rk is not key and _hashable(key):  # the key is fine: result_key_for() is not
+            hook = f"{class_name(type(self))}.result_key_for"
+            return KeyTypeError(
+                f"{self!r}.{method}() needs hashable keys, but {hook}({short_repr(key)}) returned "
+                f"{short_repr(rk)} ({type(rk).__name__} is unhashable). Make {hook}() return a "
+                "hashable value (a tuple instead of a list).",
+                data_source=self,
+                key=key,
+            )
         return KeyTypeError(
             f"{self!r}.{method}() needs hashable keys, but got {short_repr(key)} "
             f"({type(rk).__name__} is unhashable). Pass a hashable value (a tuple instead of "
@@ -476,10 +574,21 @@ class Source(Generic[K, V]):
         )
 
     def _not_a_sequence(self, keys: List[Any], result: Any) -> FetchError:
+        hint = ""
+        if result is None:
+            hint = " Does fetch() end without a return statement?"
+        elif isinstance(result, (set, frozenset)):
+            hint = " A set has no order."
+        elif isinstance(result, Coroutine):
+            result.close()  # never awaited: closing it spares a RuntimeWarning later
+            hint = (
+                " fetch() is an async def: fiberloader calls it as a plain function. Make it "
+                "a def (under gevent, AsyncDataloader runs fetches concurrently)."
+            )
         return FetchError(
             f"{self!r}.fetch() must return a list with one result per key, but it returned "
-            f"{type(result).__name__} {short_repr(result)} for keys {short_repr(keys)}. Return "
-            "a list (not a generator), or a dict keyed by key.",
+            f"{type(result).__name__} {short_repr(result)} for keys {short_repr(keys)}.{hint} "
+            "Return a list (not a generator), or a dict keyed by key.",
             data_source=self,
             keys=keys,
             result=result,
@@ -517,9 +626,12 @@ class RequestAll(Generic[K, V]):
         self.source = source
         self.keys = keys
 
-    def load(self) -> List[V]:
-        """The values in key order.  May suspend the calling job until fetched."""
-        return self.source.load_all(self.keys)
+    def load(self, return_exceptions: bool = False) -> List[Any]:
+        """The values in key order.  May suspend the calling job until fetched.
+
+        ``return_exceptions`` as for :meth:`Source.load_all`.
+        """
+        return self.source.load_all(self.keys, return_exceptions)
 
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""

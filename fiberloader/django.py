@@ -547,12 +547,12 @@ class AssociationSource(Source[Any, Any]):
             return self._value(key)
         return super().load(key)
 
-    def load_all(self, keys: Iterable[Any]) -> List[Any]:
+    def load_all(self, keys: Iterable[Any], return_exceptions: bool = False) -> List[Any]:
         """The related values of ``keys``, in order.  May suspend the calling job until fetched."""
         keys = list(keys)
         if all(self._is_loaded(key) for key in keys):
             return [self._value(key) for key in keys]
-        return super().load_all(keys)
+        return super().load_all(keys, return_exceptions)
 
     # -- fetch ---------------------------------------------------------------------
 

@@ -391,13 +391,13 @@ class AssociationSource(Source[Any, Any]):
             return value
         return super().load(key)
 
-    def load_all(self, keys: Iterable[Any]) -> List[Any]:
+    def load_all(self, keys: Iterable[Any], return_exceptions: bool = False) -> List[Any]:
         keys = list(keys)
         values = [self._loaded(key, "load_all") for key in keys]
         missing = [key for key, value in zip(keys, values) if value is _UNLOADED]
         if not missing:
             return values
-        fetched = iter(super().load_all(missing))
+        fetched = iter(super().load_all(missing, return_exceptions))
         return [next(fetched) if value is _UNLOADED else value for value in values]
 
     def request(self, key: Any) -> "Request[Any, Any]":

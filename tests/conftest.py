@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Type
 
 import pytest
 from gevent.hub import Hub
+from gevent.threadpool import _WorkerGreenlet as ThreadPoolWorker  # type: ignore[attr-defined]
 from greenlet import greenlet
 
 import fiberloader
@@ -67,6 +68,9 @@ def live_greenlets() -> List[greenlet]:
         # type(), not isinstance(): that would evaluate lazy objects (Django's)
         if issubclass(type(obj), greenlet) and obj and not obj.dead and obj is not current
         and not issubclass(type(obj), Hub)  # gevent's hub lives as long as its thread
+        # gevent's thread pool (blocking sources): its workers and their
+        # threads' main greenlets live as long as the pool keeps the thread.
+        and not issubclass(type(obj), ThreadPoolWorker) and obj.parent is not None
     ]
 
 

@@ -447,15 +447,16 @@ def test_fetch_keeps_results_of_keys_it_gave_before_an_error_of_another_batch(sc
     assert scheduler.with_dataloading(job) == [1, 2, ("RuntimeError", "second batch fails")]
 
 
-def test_fetch_that_is_not_implemented_says_so(any_scheduler: Type[Dataloader]) -> None:
+def test_a_source_without_fetch_is_refused_at_with(any_scheduler: Type[Dataloader]) -> None:
     class Lazy(Source):
         pass
 
     def job(dl: Dataloader) -> Any:
-        return _outcome(lambda: dl.with_(Lazy).load(1))
+        return _outcome(lambda: dl.with_(Lazy))  # before any key is asked for
 
     name, message = any_scheduler.with_dataloading(job)
-    assert name == "NotImplementedError" and "Lazy must implement fetch(keys)" in message
+    assert name == "SourceTypeError"
+    assert "dataloader.with_(Lazy) needs a source that fetches, but Lazy does not define fetch()" in message
 
 
 def test_source_repr_names_class_and_batch_parameters() -> None:
