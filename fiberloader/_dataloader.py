@@ -67,6 +67,7 @@ import weakref
 from time import monotonic
 from collections import deque
 from contextvars import Context, copy_context
+from inspect import iscoroutine
 from functools import partial
 from typing import (
     TYPE_CHECKING,
@@ -212,7 +213,7 @@ def _check_fiber_limit(fiber_limit: Optional[int]) -> Optional[int]:
         raise ConfigurationError(
             f"Dataloader(fiber_limit={short_repr(fiber_limit)}) is too low to make progress: "
             "it must be None (no limit) or an int >= 2, one greenlet for a job and one for "
-            "a fetch. Each fetch that loads from another source while it runs needs one more."
+            "a fetch."
         )
     return fiber_limit
 
@@ -224,7 +225,9 @@ class Dataloader:
         fiber_limit: the most worker greenlets alive at once (``None``: no
             limit).  Jobs may hold all but one; the last is kept for
             fetches.  A low limit makes batches smaller (jobs beyond it wait
-            for the next round) but never changes results.
+            for the next round) but never changes results: a fetch that
+            waits for a nested fetch no greenlet is left for lets it borrow
+            one above the limit (one per level of nesting).
 
     Raises:
         ConfigurationError: ``fiber_limit`` is not ``None`` or an int >= 2.
@@ -249,6 +252,7 @@ class Dataloader:
         self._jobs: Deque[Callable[[], Any]] = deque()
         self._pending_sources: Deque[Source] = deque()  # type: ignore[type-arg]
         self._run: Optional[_Run] = None
+        self._request_over = False  # set by the web integrations when the response is done
         self.stats = DataloaderStats()
 
     def __repr__(self) -> str:
@@ -326,6 +330,12 @@ class Dataloader:
             for source in instances.values():
                 source.clear_cache()
 
+    def _end_request(self) -> None:
+        """The web request this dataloader served is over: drop its cache and sources."""
+        self._request_over = True
+        self.clear_cache()
+        self._sources.clear()
+
     # -- jobs -----------------------------------------------------------------
 
     def append_job(self, job: Callable[[], Any]) -> None:
@@ -349,6 +359,11 @@ class Dataloader:
         ``options`` go to the constructor (``fiber_limit=``).  Jobs that
         ``fn`` appends finish too before this returns.
         """
+        if not callable(fn):
+            raise FiberloaderTypeError(
+                f"{cls.__name__}.with_dataloading() takes a callable of one argument (the "
+                f"dataloader), but got {short_repr(fn)}."
+            )
         dataloader = cls(**options)
         return dataloader._call_as_job(lambda: fn(dataloader))
 
@@ -361,7 +376,19 @@ class Dataloader:
         box: List[T] = []
         self.append_job(lambda: box.append(fn()))
         self.run()
-        return box[0]
+        return self._checked_result(fn, box[0])
+
+    @staticmethod
+    def _checked_result(job: Any, result: Any) -> Any:
+        """``result``, unless the job was an ``async def``: then a clear error, not a coroutine."""
+        if result is not None and iscoroutine(result):
+            result.close()  # never awaited: no RuntimeWarning later
+            raise FiberloaderTypeError(
+                f"The job {short_repr(job)} returned a coroutine: it is an async def, and "
+                "nothing in fiberloader awaits it. Make it a def: load() suspends the job "
+                "without await."
+            )
+        return result
 
     def run(self) -> None:
         """Run every queued job, and every job they queue, to completion.
@@ -396,6 +423,10 @@ class Dataloader:
         are kept for later (cached results are shared).  At top level it is a
         plain run of ``fn``; jobs queued earlier stay queued.
         """
+        if not callable(fn):
+            raise FiberloaderTypeError(
+                f"dataloader.run_isolated() takes a zero-argument callable, but got {short_repr(fn)}."
+            )
         box: List[T] = []
         jobs: Deque[Callable[[], Any]] = deque([lambda: box.append(fn())])
         if self._run is None:  # top level: a plain run of fn alone
@@ -413,7 +444,7 @@ class Dataloader:
                 self._complete(self._new_run(jobs))
             finally:
                 self._restore(saved)
-        return box[0]
+        return self._checked_result(fn, box[0])
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
         """Run ``fn(item)`` for every item as its own job; return the results in order.
@@ -423,7 +454,7 @@ class Dataloader:
         exception, if any.  May suspend the calling job.  Outside a run it
         runs the items as a plain run; inside a fetch, as ``run_isolated``.
         """
-        items = list(iterable)
+        items = self._map_items(fn, iterable)
         if self._run is None:
             return self.run_isolated(lambda: self.map(fn, items))
         worker, run = self._check_worker("map")
@@ -444,6 +475,22 @@ class Dataloader:
             raise
         return loop.outcome()
 
+    @staticmethod
+    def _map_items(fn: Any, iterable: Any) -> List[Any]:
+        """``list(iterable)``, after checking both arguments of ``map``."""
+        if not callable(fn):
+            raise FiberloaderTypeError(f"dataloader.map() takes a one-argument callable, but got {short_repr(fn)}.")
+        try:
+            return list(iterable)
+        except TypeError:
+            if hasattr(iterable, "__iter__"):
+                raise  # an iterable that failed while iterating: its own error
+            raise FiberloaderTypeError(
+                f"dataloader.map(fn, iterable) takes an iterable of items, but got "
+                f"{type(iterable).__name__} {short_repr(iterable)}. Pass a list of the items to "
+                "run fn on."
+            ) from None
+
     def yield_(self) -> None:
         """Suspend the current job or fetch; every other runnable one goes first.
 
@@ -453,8 +500,10 @@ class Dataloader:
         """
         worker, run = self._check_worker("yield_")
         worker.waiting = None
-        self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
+        # A yield is a step: the round that parks it is not stuck, and it
+        # resumes in the next one even when nothing else is pending.
         run.progress += 1
+        self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
 
     # -- lifecycle hooks ------------------------------------------------------
 
@@ -522,6 +571,8 @@ class Dataloader:
             stuck = run.parked[:]
             run.parked.clear()
             self._break_deadlock(run, stuck, stuck_rounds)
+            if run.failure is not None:  # a job that let the DeadlockError out
+                raise run.failure
 
     def _job_phase(self, run: _Run) -> None:
         """Run jobs and resume parked ones until every job waits or is done."""
@@ -572,6 +623,13 @@ class Dataloader:
                     self._cancel_items(run)
                 if run.interrupted:
                     self._cancel_orphans(run)
+            elif waiting and not any(self._can_go_on(worker) for worker in parked):
+                # Every greenlet the limit allows is taken, and the parked
+                # fetches wait for these batches: borrow one above the limit
+                # (one per level of fetches loading from fetches) rather than
+                # deadlock, so that fiber_limit never changes results.
+                source, batch = waiting.popleft()
+                self._start(run, partial(self._fetch, source, batch))
             elif not parked:
                 if waiting:
                     raise InvariantError("a fetch is waiting for a worker, but none is busy")
@@ -582,7 +640,7 @@ class Dataloader:
                 stuck = parked[:]
                 parked.clear()
                 resumed_at = None
-                self._break_deadlock(run, stuck, stuck_rounds, [s for s, _ in waiting])
+                self._break_deadlock(run, stuck, stuck_rounds)
             else:
                 if resumed_at != run.progress:
                     stuck_rounds = 0
@@ -591,6 +649,15 @@ class Dataloader:
                 parked.clear()
                 for worker in resuming:
                     self._resume(run, worker, None)
+
+    @staticmethod
+    def _can_go_on(worker: Worker) -> bool:
+        """Whether a parked worker would get past its park if resumed now."""
+        waiting = worker.waiting
+        if type(waiting) is tuple:
+            source, rks = waiting
+            return all(source._resolved(rk) for rk in rks)
+        return True  # a yield_(), or a wait that is not on keys
 
     def _resume_eagerly(self, run: _Run) -> bool:
         """``eager_resume``: during the fetch phase, go on with what can go on now.
@@ -756,7 +823,10 @@ class Dataloader:
                         if concurrent and jobs:
                             self._want_worker(run)  # in case this job blocks in I/O
                         me.gr_context = base.copy()
-                        job()
+                        result = job()
+                        if result is not None:  # an async def job: say so, leave no coroutine
+                            self._checked_result(job, result)
+                            result = None
                         del job
                 else:
                     me.gr_context = base.copy()
@@ -882,11 +952,28 @@ class Dataloader:
 
     def _not_a_job(self, what: str, source: Any = None, key: Any = None) -> NotRunningError:
         if self._run is None:
+            running = CURRENT.get()
+            if source is not None and running is not None and running is not self:
+                fix = (
+                    "the source belongs to another dataloader than the one running this job. "
+                    "Get sources from the running one: "
+                    f"fiberloader.current_dataloader().with_({class_name(type(source))}, ...)."
+                )
+            elif self._request_over:
+                fix = (
+                    "its request is over (the response was returned). Load in the view, or in "
+                    "the streamed body; a teardown handler or code after the response has no "
+                    "dataloader."
+                )
+            else:
+                fix = (
+                    f"Call it from inside a job: {type(self).__name__}.with_dataloading(fn), or "
+                    "dataloader.append_job(fn) then dataloader.run(); in a web app, run each "
+                    "request's handler as a job of its own dataloader."
+                )
             return NotRunningError(
-                f"{what} needs a running dataloader, but {type(self).__name__} is not running. "
-                f"Call it from inside a job: {type(self).__name__}.with_dataloading(fn), or "
-                "dataloader.append_job(fn) then dataloader.run(); in a web app, run each "
-                "request's handler as a job of its own dataloader.",
+                f"{what} needs a running dataloader, but {type(self).__name__} is not running"
+                f"{': ' if fix[0].islower() else '. '}{fix}",
                 data_source=source,
                 key=key,
             )
@@ -948,6 +1035,14 @@ class Dataloader:
         run: Optional[_Run] = getattr(worker, "owner", None)
         if run is None or run.dataloader is not self:
             raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
+        if run.closing:
+            raise NotRunningError(
+                f"The load of {source!r} key {short_repr(keys[0])} (not cached) was called from "
+                "cleanup_fiber() or a finally block while the run is ending: nothing will fetch "
+                "it. Load it in the job, before it ends.",
+                data_source=source,
+                key=keys[0],
+            )
         worker.waiting = (source, rks)
         while True:
             try:
@@ -961,6 +1056,7 @@ class Dataloader:
                     break
             else:
                 worker.waiting = None
+                run.progress += 1  # a wait that ended is a step, also for a fetch that parks again
                 return
             # A key was cleared (clear_cache) after its fetch: ask again.
             for key, rk in zip(keys, rks):
@@ -969,27 +1065,15 @@ class Dataloader:
 
     # -- deadlocks and the end of a run -----------------------------------------
 
-    def _break_deadlock(
-        self,
-        run: _Run,
-        stuck: List[Worker],
-        rounds: int,
-        starved: Sequence[Source] = (),  # type: ignore[type-arg]
-    ) -> None:
+    def _break_deadlock(self, run: _Run, stuck: List[Worker], rounds: int) -> None:
         """Resume every stuck worker with a DeadlockError naming the waits."""
         waits = [self._wait_of(worker) for worker in stuck]
-        lines = [self._describe_stuck(worker, starved) for worker in stuck]
+        lines = [self._describe_stuck(worker) for worker in stuck]
         hint = (
             "This usually means a fetch() loads a key that is in its own batch, or two fetches "
             "wait on each other's keys: load those keys in the job instead, or give the inner "
             "load a source of its own."
         )
-        if starved:
-            hint = (
-                f"fiber_limit={self.fiber_limit} leaves no greenlet to fetch "
-                f"{', '.join(repr(s) for s in starved)} while other fetches wait on it: raise "
-                "fiber_limit, or load less from inside fetch()."
-            )
         error = DeadlockError(
             "Deadlock: no job or fetch can proceed.\n" + "\n".join(lines) + "\n" + hint, waits
         )
@@ -1007,7 +1091,7 @@ class Dataloader:
             return source, [rk for rk in dict.fromkeys(rks) if not source._resolved(rk)]
         return None, []
 
-    def _describe_stuck(self, worker: Worker, starved: Sequence[Source]) -> str:  # type: ignore[type-arg]
+    def _describe_stuck(self, worker: Worker) -> str:
         source, keys = self._wait_of(worker)
         batch = getattr(worker, "batch", None)
         who = "a job"
@@ -1017,9 +1101,7 @@ class Dataloader:
             who = f"{fetching!r}.fetch({short_repr([key for _, key in items])})"
             if source is fetching and any(rk in dict(items) for rk in keys):
                 note = " -- keys of its own batch: a circular dependency"
-        if source is not None and not note and source in starved:
-            note = " -- its fetch is waiting for a free greenlet"
-        elif source is not None and not note and any(rk in source._fetching for rk in keys):
+        if source is not None and not note and any(rk in source._fetching for rk in keys):
             note = " -- in flight in another fetch that is stuck too"
         return f"  {who} waits on {describe_wait(source, keys)}{note}"
 
@@ -1067,20 +1149,26 @@ class Dataloader:
     # -- run_isolated bookkeeping -----------------------------------------------
 
     def _isolate(self) -> List[Tuple[Source, Dict[Hashable, Any]]]:  # type: ignore[type-arg]
-        """Set every pending batch aside (for run_isolated); return them."""
+        """Set every pending batch aside (for run_isolated); return them.
+
+        The queue of pending sources stays the same object: a fetch phase
+        that is iterating it (a run_isolated inside a fetch) keeps seeing
+        the sources that become pending after the isolated run.
+        """
         sources = self._pending_sources
-        self._pending_sources = deque()
         pending = []
         for source in sources:
             pending.append((source, source._pending))
             source._pending = {}
             source._queued = False
+        sources.clear()
         return pending
 
     def _restore(self, pending: List[Tuple[Source, Dict[Hashable, Any]]]) -> None:  # type: ignore[type-arg]
         """Put back what ``_isolate`` set aside, minus keys resolved since."""
-        leftover = self._pending_sources  # only after a failure: keys never fetched
-        self._pending_sources = deque()
+        sources = self._pending_sources
+        leftover = list(sources)  # only after a failure: keys never fetched
+        sources.clear()
         for source in leftover:
             source._queued = False
         for source, keys in pending:
@@ -1092,14 +1180,10 @@ class Dataloader:
                 merged.setdefault(rk, key)
             source._pending = merged
             source._queued = False
-        for source, _ in pending:
+        for source in [source for source, _ in pending] + leftover:
             if source._pending and not source._queued:
                 source._queued = True
-                self._pending_sources.append(source)
-        for source in leftover:
-            if source._pending and not source._queued:
-                source._queued = True
-                self._pending_sources.append(source)
+                sources.append(source)
 
 
 # -- workers and the kept-greenlet pools ------------------------------------------------

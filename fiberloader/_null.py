@@ -9,6 +9,7 @@ only the number of ``fetch`` calls.
 
 from __future__ import annotations
 
+from collections import deque
 from contextvars import copy_context
 from typing import Any, Callable, Hashable, Iterable, List, Optional, Sequence, TypeVar
 
@@ -46,7 +47,8 @@ class NullDataloader(Dataloader):
         try:
             jobs = self._jobs
             while jobs:
-                context.copy().run(jobs.popleft())
+                job = jobs.popleft()
+                self._checked_result(job, context.copy().run(job))
         finally:
             self._forget_expired(self._run)
             self._run = None
@@ -55,16 +57,28 @@ class NullDataloader(Dataloader):
         return self._run is not None  # jobs run inline, in the caller's greenlet
 
     def run_isolated(self, fn: Callable[[], T]) -> T:
-        if self._run is not None:
-            return fn()
-        return super().run_isolated(fn)
+        if self._run is None or not callable(fn):
+            return super().run_isolated(fn)  # a plain run, or the argument check
+        # Inside a job: fn, then the jobs it queues, before returning -- as
+        # the batching schedulers do; the outer queue waits meanwhile.
+        saved, jobs = self._jobs, deque()  # type: ignore[var-annotated]
+        self._jobs = jobs
+        try:
+            result = self._checked_result(fn, fn())
+            while jobs:
+                job = jobs.popleft()
+                self._checked_result(job, copy_context().run(job))
+        finally:
+            self._jobs = saved
+        return result
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
+        items = self._map_items(fn, iterable)
         if self._run is None:
-            return super().map(fn, iterable)
+            return super().map(fn, items)
         results: List[Any] = []
         first_error: Optional[Exception] = None
-        for item in iterable:
+        for item in items:
             try:
                 results.append(fn(item))
             except Exception as error:

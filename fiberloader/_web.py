@@ -110,8 +110,7 @@ class JobBody:
 def finish(dataloader: Dataloader, on_close: Optional[Callable[[], None]] = None) -> None:
     """The request is over: forget its cache and its sources (and what they hold)."""
     try:
-        dataloader.clear_cache()
-        dataloader._sources.clear()
+        dataloader._end_request()
     finally:
         if on_close is not None:
             on_close()

@@ -550,7 +550,7 @@ def test_fiber_limit_too_low_to_progress_is_rejected_at_construction(scheduler: 
     assert "fiber_limit" in str(info.value) and ">= 2" in str(info.value)
 
 
-def test_fiber_limit_too_low_for_nested_fetches_is_a_clear_error() -> None:
+def test_fiber_limit_lets_nested_fetches_borrow_a_greenlet_instead_of_deadlocking(scheduler: Type[Dataloader]) -> None:
     class Inner(Recorder):
         pass
 
@@ -558,9 +558,14 @@ def test_fiber_limit_too_low_for_nested_fetches_is_a_clear_error() -> None:
         def fetch(self, keys: List[Any]) -> List[Any]:
             return self.dataloader.with_(Inner).load_all(keys)  # type: ignore[union-attr]
 
-    with pytest.raises(DeadlockError, match="fiber_limit=2 leaves no greenlet to fetch Inner"):
-        Dataloader.with_dataloading(lambda dl: dl.with_(Outer).load(1), fiber_limit=2)
-    assert Dataloader.with_dataloading(lambda dl: dl.with_(Outer).load(1), fiber_limit=3) == "r:1"
+    for limit in (2, 3, None):
+        dl = scheduler(fiber_limit=limit)
+        dl.append_job(lambda: dl.with_(Outer).load(1))
+        dl.run()
+        assert dl.with_(Inner).calls == [[1]]
+        # A job, the outer fetch, and the inner fetch it waits for: at the
+        # limit of two, the inner fetch borrows one greenlet above it.
+        assert dl.stats.max_alive == 3
 
 
 def test_fetch_that_waits_on_its_own_key_is_a_circular_dependency(any_scheduler: Type[Dataloader]) -> None:
