@@ -109,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Dataloader", "DataloaderStats"]
 
 T = TypeVar("T")
+Pending = Dict[Source, Dict[Hashable, Any]]  # type: ignore[type-arg]
 S = TypeVar("S", bound=Source)  # type: ignore[type-arg]
 D = TypeVar("D", bound="Dataloader")
 
@@ -157,6 +158,7 @@ class _Run:
         "dataloader",
         "hub",
         "jobs",
+        "pending",
         "later",
         "workers",
         "idle",
@@ -178,11 +180,17 @@ class _Run:
     )
 
     def __init__(
-        self, dataloader: "Dataloader", hub: Any, jobs: "Deque[Callable[[], Any]]", cleanup: bool, wake: Any
+        self, dataloader: "Dataloader", hub: Any, jobs: "Deque[Callable[[], Any]]", pending: "Pending",
+        cleanup: bool, wake: Any,
     ) -> None:
         self.dataloader = dataloader
         self.hub = hub  # the greenlet running the loop
         self.jobs = jobs  # this run's queue (a run_isolated has its own)
+        # The keys this run's jobs and fetches asked for and that wait for
+        # its next fetch phase: source -> {result key: fetch key}, both in
+        # first-request order.  A run_isolated has its own, so that keys
+        # pending elsewhere are not fetched by it (nor stolen from it).
+        self.pending = pending
         self.later: List[Callable[[], Any]] = []  # jobs for after the next fetch phase
         self.workers: Dict[Worker, None] = {}  # alive, in start order
         self.idle: List[Worker] = []
@@ -250,7 +258,7 @@ class Dataloader:
         self._limit = sys.maxsize if fiber_limit is None else fiber_limit
         self._sources: Dict[type, Dict[Hashable, Source]] = {}  # type: ignore[type-arg]
         self._jobs: Deque[Callable[[], Any]] = deque()
-        self._pending_sources: Deque[Source] = deque()  # type: ignore[type-arg]
+        self._pending: Pending = {}  # keys requested outside any run, for the next run()
         self._run: Optional[_Run] = None
         self._request_over = False  # set by the web integrations when the response is done
         self.stats = DataloaderStats()
@@ -409,7 +417,8 @@ class Dataloader:
             )
         context = copy_context()
         context.run(CURRENT.set, self)
-        run = self._run = self._new_run(self._jobs)
+        run = self._run = self._new_run(self._jobs, self._pending)
+        self._pending = {}
         try:
             context.run(self._complete, run)
         finally:
@@ -431,19 +440,14 @@ class Dataloader:
         jobs: Deque[Callable[[], Any]] = deque([lambda: box.append(fn())])
         if self._run is None:  # top level: a plain run of fn alone
             saved_jobs, self._jobs = self._jobs, jobs
-            saved = self._isolate()
+            saved_pending, self._pending = self._pending, {}
             try:
                 self.run()
             finally:
-                self._jobs = saved_jobs
-                self._restore(saved)
+                self._jobs, self._pending = saved_jobs, saved_pending
         else:
             self._check_worker("run_isolated")  # the calling job is the hub of the nested run
-            saved = self._isolate()
-            try:
-                self._complete(self._new_run(jobs))
-            finally:
-                self._restore(saved)
+            self._complete(self._new_run(jobs, {}))
         return self._checked_result(fn, box[0])
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
@@ -535,10 +539,10 @@ class Dataloader:
 
     # -- the scheduler (runs in the hub) ----------------------------------------
 
-    def _new_run(self, jobs: "Deque[Callable[[], Any]]") -> _Run:
+    def _new_run(self, jobs: "Deque[Callable[[], Any]]", pending: Pending) -> _Run:
         """A run whose hub is the calling greenlet."""
         cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber
-        return _Run(self, getcurrent(), jobs, cleanup, self._new_wake())
+        return _Run(self, getcurrent(), jobs, pending, cleanup, self._new_wake())
 
     def _complete(self, run: _Run) -> None:
         """Drive ``run`` to its end, then end its workers (also on failure)."""
@@ -557,14 +561,17 @@ class Dataloader:
             self._job_phase(run)
             if run.expiring:  # every load that waited on a timed-out key has read it now
                 self._forget_expired(run)
-            pending = bool(self._pending_sources)
-            if pending:
+            fetched = bool(run.pending)
+            if fetched:
                 self._fetch_phase(run)
             if len(run.workers) == len(run.idle) and not run.jobs and not run.later:
-                if not self._pending_sources:
+                if not run.pending:
                     return
                 continue
-            if run.progress != mark or pending or self._pending_sources or run.ready or run.later:
+            if run.progress != mark or fetched or run.pending or run.ready or run.later:
+                stuck_rounds = 0
+                continue
+            if self._wait_elsewhere(run, run.parked):
                 stuck_rounds = 0
                 continue
             stuck_rounds += 1
@@ -601,7 +608,7 @@ class Dataloader:
 
     def _fetch_phase(self, run: _Run) -> None:
         """Fetch every pending batch, resuming fetches that wait, until all are done."""
-        sources = self._pending_sources
+        sources = run.pending
         parked, idle = run.parked_fetches, run.idle
         waiting: Deque[Tuple[Source, Batch]] = deque()  # type: ignore[type-arg]
         resumed_at: Optional[int] = None  # progress when parked fetches were last resumed
@@ -610,8 +617,8 @@ class Dataloader:
             if run.failure is not None:
                 raise run.failure
             if sources and not waiting:
-                source = sources.popleft()
-                waiting.extend((source, batch) for batch in source._take_batches())
+                source = next(iter(sources))  # the first to get a pending key
+                waiting.extend((source, batch) for batch in source._take_batches(sources.pop(source)))
             elif waiting and (idle or len(run.workers) < self._limit):
                 source, batch = waiting.popleft()
                 self._start(run, partial(self._fetch, source, batch))
@@ -634,6 +641,8 @@ class Dataloader:
                 if waiting:
                     raise InvariantError("a fetch is waiting for a worker, but none is busy")
                 return
+            elif resumed_at == run.progress and not sources and self._wait_elsewhere(run, parked):
+                resumed_at = None
             elif resumed_at == run.progress and not sources:
                 # Every parked fetch was resumed and none got anywhere.
                 stuck_rounds += 1
@@ -1043,6 +1052,7 @@ class Dataloader:
                 data_source=source,
                 key=keys[0],
             )
+        self._enqueue(run.pending, source, keys, rks)
         worker.waiting = (source, rks)
         while True:
             try:
@@ -1051,17 +1061,82 @@ class Dataloader:
                 worker.waiting = None  # it waits no more: its keys may be orphaned
                 raise
             results, errors = source._results, source._errors
-            for key, rk in zip(keys, rks):
+            for rk in rks:
                 if rk not in results and rk not in errors:
                     break
             else:
                 worker.waiting = None
                 run.progress += 1  # a wait that ended is a step, also for a fetch that parks again
                 return
-            # A key was cleared (clear_cache) after its fetch: ask again.
-            for key, rk in zip(keys, rks):
-                if rk not in results and rk not in errors:
-                    source._enqueue(key, rk)
+            # A key was cleared (clear_cache) after its fetch, or its fetch
+            # was stopped: ask again.
+            self._enqueue(run.pending, source, keys, rks)
+
+    @staticmethod
+    def _enqueue(pending: Pending, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
+        """Add the keys that are not resolved or in flight to a run's pending keys."""
+        results, errors, fetching = source._results, source._errors, source._fetching
+        batch = pending.get(source)
+        for key, rk in zip(keys, rks):
+            if rk in results or rk in errors or rk in fetching:
+                continue
+            if batch is None:
+                batch = pending[source] = {}
+            if rk not in batch:
+                batch[rk] = key if source._plain_fetch_keys else source.normalize_fetch_key(key)
+
+    def _request(self, source: Source, key: Any, rk: Hashable) -> None:  # type: ignore[type-arg]
+        """``source.request(key)``: add the key to the calling run's pending keys, without waiting.
+
+        Outside any run of this dataloader, to the keys the next ``run()``
+        starts with.
+        """
+        run: Optional[_Run] = getattr(getcurrent(), "owner", None)
+        if run is None or run.dataloader is not self:
+            run = self._run  # the running one (a caller outside its jobs), else the next
+        self._enqueue(self._pending if run is None else run.pending, source, (key,), (rk,))
+
+    def _pending_keys(self, source: Source) -> List[Any]:  # type: ignore[type-arg]
+        """The fetch keys of ``source`` waiting for a batch: the calling run's, else the next run's."""
+        run: Optional[_Run] = getattr(getcurrent(), "owner", None)
+        if run is None or run.dataloader is not self:
+            run = self._run
+        pending = self._pending if run is None else run.pending
+        return list(pending.get(source, {}).values())
+
+    def _wait_elsewhere(self, run: _Run, stuck: List[Worker]) -> bool:
+        """A stuck run whose workers wait on keys in flight in another run: wait for those.
+
+        Only a nested run (a ``run_isolated`` or ``map`` inside a job or
+        fetch of an enclosing run) can find its keys in flight in a fetch
+        that is not its own: one of the enclosing run's, parked on keys of
+        its own.  Then this run's hub -- a worker of the enclosing run --
+        parks in the enclosing run until those keys arrive, which lets that
+        run go on.  Returns whether it waited.
+        """
+        if any(self._can_go_on(worker) for worker in stuck):
+            return True  # another run's fetch resolved their keys meanwhile: resume them
+        hub = run.hub
+        outer: Optional[_Run] = getattr(hub, "owner", None)
+        if outer is None or outer.dataloader is not self:
+            return False  # a top-level run: nothing else can fetch them
+        own = set()
+        for worker in run.workers:
+            if worker.batch is not None:
+                fetching, batch = worker.batch
+                own.update((id(fetching), rk) for rk, _ in batch)
+        for worker in stuck:
+            waiting = worker.waiting
+            if type(waiting) is not tuple:
+                continue
+            source, rks = waiting
+            foreign = [
+                rk for rk in rks if rk in source._fetching and (id(source), rk) not in own
+            ]
+            if foreign:
+                self._wait(source, foreign, foreign)  # the hub parks in the enclosing run
+                return True
+        return False
 
     # -- deadlocks and the end of a run -----------------------------------------
 
@@ -1145,45 +1220,6 @@ class Dataloader:
 
     def _forget_pending(self, worker: Worker) -> None:
         """Cancel a delivery not yet made (only concurrent schedulers defer them)."""
-
-    # -- run_isolated bookkeeping -----------------------------------------------
-
-    def _isolate(self) -> List[Tuple[Source, Dict[Hashable, Any]]]:  # type: ignore[type-arg]
-        """Set every pending batch aside (for run_isolated); return them.
-
-        The queue of pending sources stays the same object: a fetch phase
-        that is iterating it (a run_isolated inside a fetch) keeps seeing
-        the sources that become pending after the isolated run.
-        """
-        sources = self._pending_sources
-        pending = []
-        for source in sources:
-            pending.append((source, source._pending))
-            source._pending = {}
-            source._queued = False
-        sources.clear()
-        return pending
-
-    def _restore(self, pending: List[Tuple[Source, Dict[Hashable, Any]]]) -> None:  # type: ignore[type-arg]
-        """Put back what ``_isolate`` set aside, minus keys resolved since."""
-        sources = self._pending_sources
-        leftover = list(sources)  # only after a failure: keys never fetched
-        sources.clear()
-        for source in leftover:
-            source._queued = False
-        for source, keys in pending:
-            merged = {}
-            for rk, key in keys.items():
-                if not source._resolved(rk) and rk not in source._fetching:
-                    merged[rk] = key
-            for rk, key in source._pending.items():
-                merged.setdefault(rk, key)
-            source._pending = merged
-            source._queued = False
-        for source in [source for source, _ in pending] + leftover:
-            if source._pending and not source._queued:
-                source._queued = True
-                sources.append(source)
 
 
 # -- workers and the kept-greenlet pools ------------------------------------------------

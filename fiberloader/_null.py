@@ -22,7 +22,6 @@ from ._source import Source
 __all__ = ["NullDataloader"]
 
 T = TypeVar("T")
-_MISSING = object()
 
 
 class NullDataloader(Dataloader):
@@ -43,7 +42,8 @@ class NullDataloader(Dataloader):
             )
         context = copy_context()
         context.run(CURRENT.set, self)
-        self._run = self._new_run(self._jobs)
+        self._run = self._new_run(self._jobs, {})
+        self._pending = {}  # a request() made before the run: its load fetches it
         try:
             jobs = self._jobs
             while jobs:
@@ -88,6 +88,9 @@ class NullDataloader(Dataloader):
             raise first_error
         return results
 
+    def _request(self, source: Source, key: Any, rk: Hashable) -> None:  # type: ignore[type-arg]
+        """Nothing to register: the handle's ``load()`` fetches its key then."""
+
     def yield_(self) -> None:
         if self._run is None:
             raise self._not_a_job("dataloader.yield_()")
@@ -112,12 +115,10 @@ class NullDataloader(Dataloader):
                     "in the job instead, or give the inner load a source of its own.",
                     [(source, [rk])],
                 )
-            fetch_key = source._pending.pop(rk, _MISSING)
-            if fetch_key is _MISSING:
-                fetch_key = source.normalize_fetch_key(key)
-            source._fetching.add(rk)
-            self.stats.fetches += 1
-            self.stats.keys_fetched += 1
-            timed_out = source._run_batch([(rk, fetch_key)])
-            if timed_out is not None:
-                run.expiring.append((source, [rk], timed_out))
+            fetch_key = key if source._plain_fetch_keys else source.normalize_fetch_key(key)
+            for batch in source._take_batches({rk: fetch_key}):  # one key: one batch
+                self.stats.fetches += 1
+                self.stats.keys_fetched += 1
+                timed_out = source._run_batch(batch)
+                if timed_out is not None:
+                    run.expiring.append((source, [rk], timed_out))

@@ -9,24 +9,25 @@ makes it, once per batch parameters).  It keeps three maps, all keyed by
 ``_errors``    key -> the exception that failed it (an ``Exception``
                returned by ``fetch`` at that position, or raised by it).
                Errors stay cached like values; each raise is a fresh copy.
-``_pending``   key -> the value to hand ``fetch`` (``normalize_fetch_key``),
-               in first-request order: what the next fetch will ask for.
+``_fetching``  the keys of batches in flight, which are never put in a
+               second batch (graphql-ruby #3707/#4747).
 
-plus ``_fetching``, the set of keys of batches in flight, which are never
-put in a second batch (graphql-ruby #3707/#4747).
+Only this module writes them.  The keys *waiting* for a batch are not the
+source's: they belong to the run that asked for them (``run_isolated``
+has its own), and the scheduler keeps them.
 
 The life of a key:
 
 1. ``load``/``load_all``/``request`` look in ``_results``, then
-   ``_errors``; a miss is added to ``_pending`` and, the first time the map
-   goes from empty to non-empty, the source joins the dataloader's queue of
-   pending sources (so the scheduler never scans every source).
-2. ``load`` then asks the dataloader to park the calling job until the key
-   is resolved (``Dataloader._wait``).
-3. The scheduler calls ``_take_batches`` (pending -> in flight, split by
-   ``max_batch_size``) and runs ``_run_batch`` for each batch in a worker
-   greenlet; it checks what ``fetch`` returned and fills ``_results`` /
-   ``_errors``.
+   ``_errors``; a miss goes to the scheduler (``Dataloader._wait`` or
+   ``_request``), which adds it to the calling run's pending keys.
+2. ``load`` waits there: the scheduler parks the calling job until the key
+   is resolved.
+3. The scheduler hands a run's pending keys of this source to
+   ``_take_batches`` (minus those resolved or in flight meanwhile: they
+   move in flight, split by ``max_batch_size``) and runs ``_run_batch`` for
+   each batch in a worker greenlet; it checks what ``fetch`` returned and
+   fills ``_results`` / ``_errors``.
 4. The parked job resumes and reads its key.
 
 This module knows nothing about greenlets: parking is the dataloader's
@@ -131,9 +132,7 @@ class Source(Generic[K, V]):
 
     _results: Dict[Hashable, Any] = _NOTHING  # type: ignore[assignment]
     _errors: Dict[Hashable, BaseException] = _NOTHING  # type: ignore[assignment]
-    _pending: Dict[Hashable, Any] = _NOTHING  # type: ignore[assignment]
     _fetching: Set[Hashable] = frozenset()  # type: ignore[assignment]
-    _queued = False
     _label: Optional[str] = None
 
     # Set per subclass: whether the identity hooks are overridden, so the
@@ -223,11 +222,6 @@ class Source(Generic[K, V]):
         dataloader = self.dataloader
         if dataloader is None:
             raise self._detached("load", key)
-        if rk not in self._pending and rk not in self._fetching:  # _enqueue, inlined
-            self._pending[rk] = key if self._plain_fetch_keys else self.normalize_fetch_key(key)
-            if not self._queued:
-                self._queued = True
-                dataloader._pending_sources.append(self)
         dataloader._wait(self, (key,), (rk,))
         return self._result(rk)  # type: ignore[no-any-return]
 
@@ -261,8 +255,6 @@ class Source(Generic[K, V]):
             raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
         if missing_rks:
             dataloader = self._owner("load_all", missing_keys[0])
-            for key, rk in zip(missing_keys, missing_rks):
-                self._enqueue(key, rk)
             # Wait on every key, not only the missing ones (first): another
             # job may clear a cached one while this one is parked.
             dataloader._wait(self, missing_keys + keys, missing_rks + rks)
@@ -283,8 +275,7 @@ class Source(Generic[K, V]):
         except TypeError:
             raise self._unhashable("request", key) from None
         if rk not in self._errors:
-            self._owner("request", key)
-            self._enqueue(key, rk)
+            self._owner("request", key)._request(self, key, rk)
         return Request(self, key, rk)
 
     def request_all(self, keys: Iterable[K]) -> "RequestAll[K, V]":
@@ -309,10 +300,9 @@ class Source(Generic[K, V]):
                 key=values,
             )
         self._owner("merge", next(iter(values), None))
-        results, errors, pending = self._results, self._errors, self._pending
-        for key, value in values.items():
+        results, errors = self._results, self._errors
+        for key, value in values.items():  # a pending key merged here leaves its batch (_take_batches)
             rk = self._checked_key("merge", key)
-            pending.pop(rk, None)
             if isinstance(value, Exception):
                 errors[rk] = value
                 results.pop(rk, None)
@@ -339,7 +329,9 @@ class Source(Generic[K, V]):
     @property
     def pending_keys(self) -> List[Any]:
         """The fetch keys waiting for the next batch, in request order."""
-        return list(self._pending.values())
+        if self.dataloader is None:
+            return []
+        return self.dataloader._pending_keys(self)
 
     def __repr__(self) -> str:
         return self._label or f"{class_name(type(self))}()"
@@ -363,30 +355,25 @@ class Source(Generic[K, V]):
         self.dataloader = dataloader
         self._results = {}
         self._errors = {}
-        self._pending = {}
         self._fetching = set()
-        self._queued = False
         shown = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
         self._label = f"{class_name(type(self))}({', '.join(shown)})"
 
-    def _enqueue(self, key: Any, rk: Hashable) -> None:
-        """Add ``key`` to the next batch unless it is pending or in flight."""
-        if rk in self._pending or rk in self._fetching:
-            return
-        self._pending[rk] = key if self._plain_fetch_keys else self.normalize_fetch_key(key)
-        if not self._queued:
-            self._queued = True
-            self.dataloader._pending_sources.append(self)  # type: ignore[union-attr]
+    def _take_batches(self, pending: Dict[Hashable, Any]) -> List[Batch]:
+        """Move a run's pending keys in flight and return the batches to fetch.
 
-    def _take_batches(self) -> List[Batch]:
-        """Move every pending key in flight and return the batches to fetch."""
-        self._queued = False
-        pending = self._pending
-        if not pending:
+        ``pending`` maps result key -> fetch key, in request order.  Keys
+        resolved since they were asked for (a merge, another run's fetch) or
+        in flight in another batch are left out.
+        """
+        results, errors, fetching = self._results, self._errors, self._fetching
+        items = [
+            (rk, key) for rk, key in pending.items()
+            if rk not in results and rk not in errors and rk not in fetching
+        ]
+        if not items:
             return []
-        self._pending = {}
-        self._fetching.update(pending)
-        items = list(pending.items())
+        fetching.update(rk for rk, _ in items)
         size = self.max_batch_size
         if size is None or len(items) <= size:
             return [items]
