@@ -80,6 +80,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Type,
     TypeVar,
@@ -384,7 +385,7 @@ class Dataloader:
         box: List[T] = []
         self.append_job(lambda: box.append(fn()))
         self.run()
-        return self._checked_result(fn, box[0])
+        return self._checked_result(fn, box[0])  # type: ignore[no-any-return]
 
     @staticmethod
     def _checked_result(job: Any, result: Any) -> Any:
@@ -448,7 +449,7 @@ class Dataloader:
         else:
             self._check_worker("run_isolated")  # the calling job is the hub of the nested run
             self._complete(self._new_run(jobs, {}))
-        return self._checked_result(fn, box[0])
+        return self._checked_result(fn, box[0])  # type: ignore[no-any-return]
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
         """Run ``fn(item)`` for every item as its own job; return the results in order.
@@ -743,7 +744,7 @@ class Dataloader:
         fetches = [worker for worker in run.workers if worker.batch is not None]
         stopped: List[Worker] = []
         while fetches:
-            wanted = set()
+            wanted: Set[Tuple[int, Hashable]] = set()
             for worker in run.workers:
                 waiting = worker.waiting
                 if type(waiting) is tuple and worker not in stopped:
@@ -1120,7 +1121,7 @@ class Dataloader:
         outer: Optional[_Run] = getattr(hub, "owner", None)
         if outer is None or outer.dataloader is not self:
             return False  # a top-level run: nothing else can fetch them
-        own = set()
+        own: Set[Tuple[int, Hashable]] = set()
         for worker in run.workers:
             if worker.batch is not None:
                 fetching, batch = worker.batch

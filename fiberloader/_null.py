@@ -64,7 +64,7 @@ class NullDataloader(Dataloader):
         saved, jobs = self._jobs, deque()  # type: ignore[var-annotated]
         self._jobs = jobs
         try:
-            result = self._checked_result(fn, fn())
+            result: T = self._checked_result(fn, fn())
             while jobs:
                 job = jobs.popleft()
                 self._checked_result(job, copy_context().run(job))
