@@ -175,6 +175,7 @@ class _Run:
         "deadlock",
         "cleanup",
         "wake",
+        "concurrent",
         "expiring",
         "interrupted",
         "interrupts",
@@ -207,6 +208,9 @@ class _Run:
         self.deadlock: Optional[DeadlockError] = None
         self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
         self.wake = wake  # concurrent schedulers: what the hub blocks on
+        # Workers may run at once (AsyncDataloader): the hub blocks until
+        # none is running, and every booking that may end a phase wakes it.
+        self.concurrent = wake is not None
         # (source, result keys, error) of fetches that timed out: their keys
         # fail for the loads waiting now, and are forgotten after the next
         # job phase (a timeout is not cached).
@@ -475,7 +479,7 @@ class Dataloader:
             loop.stop()
             if not run.closing:
                 run.interrupts.append(loop)
-                if run.wake is not None:
+                if run.concurrent:
                     self._wake(run)
             raise
         return loop.outcome()
@@ -820,7 +824,7 @@ class Dataloader:
             if base is None:  # an override that set no context: start from an empty one
                 base = Context()
             idle = run.idle
-            concurrent = run.wake is not None
+            concurrent = run.concurrent
             while task is not _STOP and task is not _KEEP:
                 # Each job and fetch gets its own copy of the worker's context.
                 # Swapping gr_context (rather than Context.run) keeps the job's
@@ -852,7 +856,7 @@ class Dataloader:
         except BaseException as error:  # a job's exception: the hub raises it
             if not run.closing and type(error) is not Cancelled:
                 run.failure = run.failure or error
-                if run.wake is not None:
+                if run.concurrent:
                     self._wake(run)  # now, not when the siblings in I/O are done
             return False
         finally:
@@ -902,7 +906,7 @@ class Dataloader:
 
     def _stopped_running(self, run: _Run) -> None:
         run.running -= 1
-        if not run.running and run.wake is not None:
+        if not run.running and run.concurrent:
             self._wake(run)
 
     def _want_worker(self, run: _Run) -> None:
@@ -914,7 +918,7 @@ class Dataloader:
     def _make_ready(self, run: _Run, worker: Worker) -> None:
         """Queue a waiting worker to be resumed in this job phase."""
         run.ready.append(worker)
-        if run.wake is not None:
+        if run.concurrent:
             self._wake(run)
 
     def _split(self, run: _Run, group: SplitLoop) -> None:
@@ -922,7 +926,7 @@ class Dataloader:
         if not group.helper_queued and group.next < len(group.items):
             group.helper_queued = True
             group.run.jobs.append(group.work)
-            if run.wake is not None:
+            if run.concurrent:
                 self._want_worker(run)
 
     # -- parking (runs in a worker) -------------------------------------------
@@ -1013,7 +1017,7 @@ class Dataloader:
         if parked is not None:
             parked.append(worker)
         self._stopped_running(run)
-        if self.eager_resume and run.wake is not None:
+        if self.eager_resume and run.concurrent:
             self._wake(run)  # it may have queued keys that can be fetched now
         try:
             value = self._suspend(run)
@@ -1024,7 +1028,7 @@ class Dataloader:
             # waited for may now have nobody waiting: tell the hub.
             self._unpark(run, worker, parked)
             run.interrupted = True
-            if run.wake is not None:
+            if run.concurrent:
                 self._wake(run)
             raise
         if value is _DEADLOCK:

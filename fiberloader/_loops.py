@@ -90,7 +90,7 @@ class SplitLoop(Waitable):
         groups = worker.groups
         groups.append(self)
         items = self.items
-        concurrent = self.run.wake is not None
+        concurrent = self.run.concurrent
         try:
             while self.next < len(items):
                 index = self.next

@@ -326,6 +326,17 @@ class Source(Generic[K, V]):
             self._results.pop(rk, None)
             self._errors.pop(rk, None)
 
+    def cached(self, key: K, default: Any = None) -> Any:
+        """The cached value of ``key``, or ``default`` if it is not cached (or failed).
+
+        Never fetches and never suspends: for code that uses a value only
+        when it is at hand (an ORM filling a relation from records loaded
+        already).
+        """
+        if self.dataloader is None:
+            return default
+        return self._results.get(self._checked_key("cached", key), default)
+
     @property
     def pending_keys(self) -> List[Any]:
         """The fetch keys waiting for the next batch, in request order."""

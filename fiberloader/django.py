@@ -100,7 +100,7 @@ from ._dataloader import Dataloader
 from ._errors import ConfigurationError, FiberloaderTypeError, short_repr
 from ._settings import SETTING_NAME
 from ._settings import register_scheduler_adapter, resolve_first
-from ._source import _MISSING, Source
+from ._source import Source
 from ._web import JobBody, finish
 
 __all__ = [
@@ -587,15 +587,14 @@ class AssociationSource(Source[Any, Any]):
         records = self.dataloader.with_(  # type: ignore[union-attr]
             RecordSource, field.related_model, field.target_field.name
         )
-        cached = records._results
         for instance in instances:
             if field.is_cached(instance):
                 continue
             value = getattr(instance, field.attname)
             if value is None:
                 continue
-            record = cached.get(records.result_key_for(value), _MISSING)
-            if record is not _MISSING and record is not None:
+            record = records.cached(value)
+            if record is not None:
                 field.set_cached_value(instance, record)
 
     def _warm(self, instances: List[Any]) -> None:

@@ -403,9 +403,7 @@ class AssociationSource(Source[Any, Any]):
     def request(self, key: Any) -> "Request[Any, Any]":
         value = self._loaded(key, "request")
         if value is not _UNLOADED and self.dataloader is not None:
-            rk = _Same(key)  # cached, so the handle is ready at once (instances may be unhashable)
-            self._results[rk] = value
-            self._errors.pop(rk, None)
+            Source.merge(self, {key: value})  # cached, so the handle is ready at once
         return super().request(key)
 
     def merge(self, values: Any) -> None:
@@ -424,7 +422,7 @@ class AssociationSource(Source[Any, Any]):
 
     def _loaded(self, key: Any, method: str) -> Any:
         """The attribute's value if it needs no SQL, else ``_UNLOADED``; raise for a bad key."""
-        rk = self.result_key_for(key)
+        self.result_key_for(key)  # the same error as load for a wrong key
         state: InstanceState[Any] = sa_inspect(key)
         value = state.dict.get(self.name, _UNLOADED)
         if value is not _UNLOADED:
@@ -435,7 +433,7 @@ class AssociationSource(Source[Any, Any]):
         if state.transient or state.pending:
             return getattr(key, self.name)  # not in the database yet: SQLAlchemy loads nothing
         if self.dataloader is not None:
-            self._results.pop(rk, None)  # a value cached before the attribute was expired
+            Source.clear(self, key)  # a value cached before the attribute was expired
         return _UNLOADED
 
     def _problem(self, key: Any, state: "InstanceState[Any]", method: str) -> Optional[InstanceStateError]:
