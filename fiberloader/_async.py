@@ -1,8 +1,10 @@
 """AsyncDataloader: the same scheduler, with jobs and fetches as gevent greenlets.
 
-Everything but four primitives is :class:`~fiberloader.Dataloader`'s: the
-same Source bookkeeping, the same job and fetch phases, the same deadlock
-detection.  What differs:
+Everything but a few primitives (``_deliver``, ``_suspend``, ``_block``,
+``_wake``, ``_throw``, ``_forget_pending``, ``_call_fetch``) is
+:class:`~fiberloader.Dataloader`'s: the same Source bookkeeping, the same
+run loop (``fiberloader._run``) and worker side (``fiberloader._worker``),
+the same deadlock detection.  What differs:
 
 * workers are greenlets whose parent is gevent's hub, and they are handed
   work through the hub's loop (``run_callback``) instead of a direct
@@ -38,7 +40,8 @@ from typing import Any, List, Optional
 from gevent import Timeout, get_hub
 from gevent.event import Event
 
-from ._dataloader import Dataloader, _Run
+from ._dataloader import Dataloader
+from ._run import Run
 from ._fibers import Worker
 from ._source import Source
 
@@ -77,7 +80,7 @@ class AsyncDataloader(Dataloader):
     def _new_wake(self) -> Any:
         return Event()
 
-    def _worker_parent(self, run: _Run) -> Any:
+    def _worker_parent(self, run: Run) -> Any:
         return get_hub()
 
     def _deliver(self, worker: Worker, *args: Any) -> None:
@@ -93,18 +96,18 @@ class AsyncDataloader(Dataloader):
             worker.pending.stop()
             worker.pending = None
 
-    def _suspend(self, run: _Run) -> Any:
+    def _suspend(self, run: Run) -> Any:
         return get_hub().switch()
 
-    def _block(self, run: _Run) -> None:
+    def _block(self, run: Run) -> None:
         run.wake.wait()
         run.wake.clear()
         run.want_worker = False
 
-    def _wake(self, run: _Run) -> None:
+    def _wake(self, run: Run) -> None:
         run.wake.set()
 
-    def _throw(self, run: _Run, worker: Worker, error: BaseException) -> None:
+    def _throw(self, run: Run, worker: Worker, error: BaseException) -> None:
         # As gevent.kill does: from the hub's loop, wherever the worker waits.
         get_hub().loop.run_callback(self._thrown, worker, error)
 

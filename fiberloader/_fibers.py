@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import copy
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import Any, List
 
 from greenlet import greenlet
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._dataloader import Dataloader
-
 __all__ = ["current_dataloader", "CURRENT", "Worker", "Cancelled", "copy_error"]
 
-CURRENT: "ContextVar[Optional[Dataloader]]" = ContextVar(
+# The running dataloader (typed Any: this module sits below the schedulers).
+CURRENT: "ContextVar[Any]" = ContextVar(
     "fiberloader.current_dataloader", default=None
 )
 
 
-def current_dataloader() -> "Optional[Dataloader]":
+def current_dataloader() -> Any:
     """Return the dataloader running the current job or fetch, or ``None``.
 
     It is set inside every job and fetch of a running dataloader (also in

@@ -23,14 +23,12 @@ the hub starts it only if the runner blocks.
 from __future__ import annotations
 
 from contextvars import copy_context
-from typing import TYPE_CHECKING, Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 from greenlet import getcurrent
 
 from ._fibers import Cancelled, Worker
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._dataloader import Dataloader, _Run
 
 __all__ = ["Waitable", "SplitLoop", "MapLoop"]
 
@@ -40,7 +38,7 @@ class Waitable:
 
     __slots__ = ("dataloader", "run", "remaining", "owner", "waiting")
 
-    def __init__(self, dataloader: "Dataloader", run: "_Run", remaining: int, owner: Worker) -> None:
+    def __init__(self, dataloader: Any, run: Any, remaining: int, owner: Worker) -> None:
         self.dataloader = dataloader
         self.run = run
         self.remaining = remaining
@@ -73,7 +71,7 @@ class SplitLoop(Waitable):
 
     __slots__ = ("items", "next", "helper_queued")
 
-    def __init__(self, dataloader: "Dataloader", run: "_Run", items: List[Any], owner: Worker) -> None:
+    def __init__(self, dataloader: Any, run: Any, items: List[Any], owner: Worker) -> None:
         super().__init__(dataloader, run, len(items), owner)
         self.items = items
         self.next = 0  # index of the first item nobody has started
@@ -122,7 +120,7 @@ class MapLoop(SplitLoop):
     __slots__ = ("fn", "results", "errors", "context")
 
     def __init__(
-        self, dataloader: "Dataloader", run: "_Run", fn: Callable[[Any], Any], items: List[Any], owner: Worker
+        self, dataloader: Any, run: Any, fn: Callable[[Any], Any], items: List[Any], owner: Worker
     ) -> None:
         super().__init__(dataloader, run, items, owner)
         self.fn = fn

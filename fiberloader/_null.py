@@ -50,7 +50,7 @@ class NullDataloader(Dataloader):
                 job = jobs.popleft()
                 self._checked_result(job, context.copy().run(job))
         finally:
-            self._forget_expired(self._run)
+            self._run.forget_expired()
             self._run = None
 
     def _in_job(self) -> bool:
@@ -100,7 +100,7 @@ class NullDataloader(Dataloader):
         if run is None:
             raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
         if run.expiring:  # the load that waited on a timed-out key has read it
-            self._forget_expired(run)
+            run.forget_expired()
         for key, rk in zip(keys, rks):
             if source._resolved(rk):
                 continue

@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Coroutine, Mapping, Sequence
 from types import MappingProxyType
 from typing import (
-    TYPE_CHECKING,
     Any,
     ClassVar,
     Dict,
@@ -64,9 +63,6 @@ from ._errors import (
     short_repr,
 )
 from ._fibers import copy_error
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._dataloader import Dataloader
 
 __all__ = ["Source", "Request", "RequestAll"]
 
@@ -128,7 +124,7 @@ class Source(Generic[K, V]):
     fetch_timeout: Optional[float] = None
 
     #: The dataloader that owns this instance (``None`` until ``with_()``).
-    dataloader: "Optional[Dataloader]" = None
+    dataloader: Any = None  # a Dataloader (this module sits below the schedulers)
 
     _results: Dict[Hashable, Any] = _NOTHING  # type: ignore[assignment]
     _errors: Dict[Hashable, BaseException] = _NOTHING  # type: ignore[assignment]
@@ -342,14 +338,15 @@ class Source(Generic[K, V]):
         """The fetch keys waiting for the next batch, in request order."""
         if self.dataloader is None:
             return []
-        return self.dataloader._pending_keys(self)
+        keys: List[Any] = self.dataloader._pending_keys(self)
+        return keys
 
     def __repr__(self) -> str:
         return self._label or f"{class_name(type(self))}()"
 
     # -- called by the dataloader ------------------------------------------
 
-    def _attach(self, dataloader: "Dataloader", args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    def _attach(self, dataloader: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         """Set up the cache after ``with_()`` constructed the instance."""
         size = self.max_batch_size  # also one set in __init__
         if size is not None and (type(size) is not int or size < 1):
@@ -513,7 +510,7 @@ class Source(Generic[K, V]):
             key=keys,
         )
 
-    def _owner(self, method: str, key: Any) -> "Dataloader":
+    def _owner(self, method: str, key: Any) -> Any:
         dataloader = self.dataloader
         if dataloader is None:
             raise self._detached(method, key)

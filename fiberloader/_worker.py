@@ -1,0 +1,346 @@
+"""The worker side: the body of every worker greenlet, and how it parks and resumes.
+
+A *worker* is a greenlet (``fiberloader._fibers.Worker``) that runs jobs and
+fetches for one run (``fiberloader._run.Run``).  Everything a worker does
+to itself lives here, as methods of :class:`WorkerSide`, the part of
+``Dataloader`` that runs inside workers:
+
+* ``_serve`` -- its body: take the task the hub handed it (queued jobs, or
+  one fetch), run it in a copy of the run's context, go idle, repeat;
+* ``_wait`` / ``_park`` -- the park / resume handshake (below);
+* ``_request`` / ``_enqueue`` -- adding keys to the calling run's pending
+  keys (``Source.load`` / ``request`` call these);
+* the bookings a worker makes about itself (``_stopped_running``,
+  ``_make_ready``, ``_split``, ...), and the per-thread pool of kept
+  workers (``keep_greenlets``).
+
+The park / resume handshake
+===========================
+
+A worker that must wait (a key not cached, ``yield_()``, a ``map`` whose
+items are not done) calls ``_park``.  ``_park`` first *books* the worker:
+it hands the unstarted items of the loops on its stack to a helper
+(``_split``), appends the worker to the list it waits in (``run.parked``
+for jobs, ``run.parked_fetches`` for fetches, none for a loop's owner,
+which ``Waitable._finished`` puts on ``run.ready``), and decrements
+``run.running``.  Only then does it hand control back (``_suspend``).  The
+hub resumes it with ``Run.resume(worker, value)``, which counts it running
+again; ``_park`` returns that value (``DEADLOCK``: raise the run's
+``DeadlockError``).
+
+Who may do what: only the worker books itself; only the hub resumes it,
+once per park.  An exception thrown into a parked worker by anyone else (a
+``gevent.Timeout``, a kill, the scheduler cancelling it) undoes the booking
+in ``_unpark`` -- and cancels a resume already on its way -- before it
+propagates, and tells the hub that what the worker waited for may have
+nobody waiting any more.
+
+.. warning::
+   A worker that hands control back without booking itself, or books
+   itself twice, is never resumed, or resumed twice: its job is lost, or
+   the hub of a concurrent run waits forever.  Keep every path through
+   ``_park`` and ``_serve`` booking exactly once.
+
+The host class (``Dataloader``) provides the primitives used here
+(``_suspend``, ``_wake``, ``_not_a_job``, the lifecycle hooks).
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+
+from greenlet import GreenletExit, getcurrent
+
+from ._errors import NotRunningError, short_repr
+from ._fibers import Cancelled, Worker, copy_error
+from ._source import Source
+
+__all__ = ["WorkerSide", "worker_main", "kept_pool", "JOBS", "STOP", "KEEP", "DEADLOCK"]
+
+# What the hub hands a worker.
+JOBS = "jobs"  # take jobs from the queue
+STOP = "stop"  # end (an idle worker, at the end of the run)
+KEEP = "keep"  # finish this run's part, then wait in the thread's pool (keep_greenlets)
+DEADLOCK = "deadlock"  # your wait can never end: raise
+
+# Idle workers kept for reuse within a run.  A worker that finishes when this
+# many are idle ends at once instead: ending it now or at the end of the run
+# costs the same, and the switches to park and stop it are saved.
+KEEP_IDLE = 64
+
+
+class WorkerSide:
+    """The part of ``Dataloader`` that runs inside its workers (see the module docstring)."""
+
+    if TYPE_CHECKING:  # what the host class (Dataloader) provides
+        _run: Any
+        _pending: Dict[Source, Dict[Hashable, Any]]  # type: ignore[type-arg]
+        keep_greenlets: int
+        eager_resume: bool
+
+        def _suspend(self, run: Any) -> Any: ...
+        def _wake(self, run: Any) -> None: ...
+        def _forget_pending(self, worker: Worker) -> None: ...
+        def _not_a_job(self, what: str, source: Any = None, key: Any = None) -> NotRunningError: ...
+        def _checked_result(self, job: Any, result: Any) -> Any: ...
+        def set_fiber_variables(self, variables: Any) -> None: ...
+        def cleanup_fiber(self) -> None: ...
+
+    def _stopped_running(self, run: Any) -> None:
+        run.running -= 1
+        if not run.running and run.concurrent:
+            self._wake(run)
+
+    def _want_worker(self, run: Any) -> None:
+        """A concurrent worker saw queued jobs behind its own: wake the hub once."""
+        if not run.want_worker:
+            run.want_worker = True
+            self._wake(run)
+
+    def _make_ready(self, run: Any, worker: Worker) -> None:
+        """Queue a waiting worker to be resumed in this job phase."""
+        run.ready.append(worker)
+        if run.concurrent:
+            self._wake(run)
+
+    def _split(self, run: Any, group: Any) -> None:
+        """Queue a helper for a map() loop that has unstarted items."""
+        if not group.helper_queued and group.next < len(group.items):
+            group.helper_queued = True
+            group.run.jobs.append(group.work)
+            if run.concurrent:
+                self._want_worker(run)
+
+    def _after_fetch(self, run: Any, job: Callable[[], Any]) -> None:
+        """Queue ``job`` to run in the job phase after the next fetch phase.
+
+        graphql-ruby's lazy resolution: the GraphQL executor completes a
+        field whose resolver returned a request handle this way, once the
+        handle's batch has been fetched, without a greenlet of its own.
+        """
+        run.later.append(job)
+
+    def _in_job(self) -> bool:
+        """Whether the calling code is one of this dataloader's jobs (or fetches)."""
+        return self._caller()[1] is not None
+
+    def _caller(self) -> Tuple[Optional[Worker], Any]:
+        """The calling worker and its run, if the caller is one of our workers.
+
+        Each worker knows its own run: under AsyncDataloader a job's
+        run_isolated may be going on while its siblings of the outer run
+        run too.
+        """
+        worker = getcurrent()
+        run = getattr(worker, "owner", None)
+        if run is not None and run.dataloader is self:
+            return worker, run  # type: ignore[return-value]
+        return None, None
+
+    def _check_worker(self, what: str) -> Tuple[Worker, Any]:
+        """The calling worker and its run; raise if the caller is not one."""
+        worker, run = self._caller()
+        if worker is None or run is None:
+            raise self._not_a_job(f"dataloader.{what}()")
+        return worker, run
+
+    def _park(self, run: Any, worker: Worker, parked: Optional[List[Worker]]) -> None:
+        """Book this worker as parked (in ``parked``, if given) and wait for a resume."""
+        if run.closing:
+            raise GreenletExit
+        groups = worker.groups
+        if groups:
+            # map() loops on this stack must not stall while it waits: let
+            # another worker carry on with their unstarted items.
+            for group in reversed(groups):  # innermost first: the order plain code would take
+                if type(group) is list:  # an inline loop's mark: [loop, make_loop, ...]
+                    if group[0] is None:
+                        group[0] = group[1](run, worker, group)
+                    group = group[0]
+                self._split(run, group)
+        if parked is not None:
+            parked.append(worker)
+        self._stopped_running(run)
+        if self.eager_resume and run.concurrent:
+            self._wake(run)  # it may have queued keys that can be fetched now
+        try:
+            value = self._suspend(run)
+        except BaseException:
+            # Woken by an exception thrown in (a gevent.Timeout around the
+            # load, a kill) rather than by the hub: running again, so undo
+            # the booking and make sure no resume arrives later.  What it
+            # waited for may now have nobody waiting: tell the hub.
+            self._unpark(run, worker, parked)
+            run.interrupted = True
+            if run.concurrent:
+                self._wake(run)
+            raise
+        if value is DEADLOCK:
+            raise copy_error(run.deadlock)  # type: ignore[arg-type]
+
+    def _unpark(self, run: Any, worker: Worker, parked: Optional[List[Worker]]) -> None:
+        if worker.pending is not None:  # a resume was already on its way: it is counted
+            self._forget_pending(worker)
+            return
+        for queue in (parked, run.ready):
+            if queue is not None and worker in queue:
+                queue.remove(worker)
+        run.running += 1
+
+    def _wait(self, source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
+        """Park the calling job until every key of ``rks`` is resolved."""
+        worker: Worker = getcurrent()  # type: ignore[assignment]
+        run: Any = getattr(worker, "owner", None)
+        if run is None or run.dataloader is not self:
+            raise self._not_a_job(f"The load of {source!r} key {short_repr(keys[0])} (not cached)", source, keys[0])
+        if run.closing:
+            raise NotRunningError(
+                f"The load of {source!r} key {short_repr(keys[0])} (not cached) was called from "
+                "cleanup_fiber() or a finally block while the run is ending: nothing will fetch "
+                "it. Load it in the job, before it ends.",
+                data_source=source,
+                key=keys[0],
+            )
+        self._enqueue(run.pending, source, keys, rks)
+        worker.waiting = (source, rks)
+        while True:
+            try:
+                self._park(run, worker, run.parked if worker.batch is None else run.parked_fetches)
+            except BaseException:
+                worker.waiting = None  # it waits no more: its keys may be orphaned
+                raise
+            results, errors = source._results, source._errors
+            for rk in rks:
+                if rk not in results and rk not in errors:
+                    break
+            else:
+                worker.waiting = None
+                run.progress += 1  # a wait that ended is a step, also for a fetch that parks again
+                return
+            # A key was cleared (clear_cache) after its fetch, or its fetch
+            # was stopped: ask again.
+            self._enqueue(run.pending, source, keys, rks)
+
+    @staticmethod
+    def _enqueue(pending: Dict[Source, Dict[Hashable, Any]], source: Source, keys: Sequence[Any], rks: Sequence[Hashable]) -> None:  # type: ignore[type-arg]
+        """Add the keys that are not resolved or in flight to a run's pending keys."""
+        results, errors, fetching = source._results, source._errors, source._fetching
+        batch = pending.get(source)
+        for key, rk in zip(keys, rks):
+            if rk in results or rk in errors or rk in fetching:
+                continue
+            if batch is None:
+                batch = pending[source] = {}
+            if rk not in batch:
+                batch[rk] = key if source._plain_fetch_keys else source.normalize_fetch_key(key)
+
+    def _request(self, source: Source, key: Any, rk: Hashable) -> None:  # type: ignore[type-arg]
+        """``source.request(key)``: add the key to the calling run's pending keys, without waiting.
+
+        Outside any run of this dataloader, to the keys the next ``run()``
+        starts with.
+        """
+        run: Any = getattr(getcurrent(), "owner", None)
+        if run is None or run.dataloader is not self:
+            run = self._run  # the running one (a caller outside its jobs), else the next
+        self._enqueue(self._pending if run is None else run.pending, source, (key,), (rk,))
+
+    def _pending_keys(self, source: Source) -> List[Any]:  # type: ignore[type-arg]
+        """The fetch keys of ``source`` waiting for a batch: the calling run's, else the next run's."""
+        run: Any = getattr(getcurrent(), "owner", None)
+        if run is None or run.dataloader is not self:
+            run = self._run
+        pending = self._pending if run is None else run.pending
+        return list(pending.get(source, {}).values())
+
+    def _serve(self, me: Worker, run: Any, variables: Any, task: Any) -> bool:
+        """A worker's part in one run; returns whether it goes to the thread's pool."""
+        base = None
+        try:
+            run.starting -= 1
+            self.set_fiber_variables(variables)
+            del variables
+            base = me.gr_context
+            if base is None:  # an override that set no context: start from an empty one
+                base = Context()
+            idle = run.idle
+            concurrent = run.concurrent
+            while task is not STOP and task is not KEEP:
+                # Each job and fetch gets its own copy of the worker's context.
+                # Swapping gr_context (rather than Context.run) keeps the job's
+                # frames in this eval loop: fewer C frames for greenlet to copy
+                # on every switch.
+                if task is JOBS:
+                    jobs = run.jobs
+                    while jobs:
+                        job = jobs.popleft()
+                        if concurrent and jobs:
+                            self._want_worker(run)  # in case this job blocks in I/O
+                        me.gr_context = base.copy()
+                        result = job()
+                        if result is not None:  # an async def job: say so, leave no coroutine
+                            self._checked_result(job, result)
+                            result = None
+                        del job
+                else:
+                    me.gr_context = base.copy()
+                    task()
+                run.progress += 1
+                task = None  # drop the reference while idle
+                if len(idle) >= KEEP_IDLE and not self.keep_greenlets:
+                    return False  # end now: ending later costs the same, plus two switches
+                idle.append(me)
+                self._stopped_running(run)
+                task = self._suspend(run)
+                run.starting -= 1
+        except BaseException as error:  # a job's exception: the hub raises it
+            if not run.closing and type(error) is not Cancelled:
+                run.failure = run.failure or error
+                if run.concurrent:
+                    self._wake(run)  # now, not when the siblings in I/O are done
+            return False
+        finally:
+            run.workers.pop(me, None)
+            if not run.closing and task is not STOP and task is not KEEP:
+                self._stopped_running(run)
+            if base is not None:
+                me.gr_context = base
+            if run.cleanup:
+                self.cleanup_fiber()
+        return task is KEEP
+
+
+# Per thread (keyed by the thread's main greenlet, which threading.local cannot
+# be under gevent's monkey-patching), per dataloader class: the kept workers.
+_pools: "weakref.WeakKeyDictionary[Any, Dict[type, List[Worker]]]" = weakref.WeakKeyDictionary()
+
+
+def kept_pool(cls: type) -> List[Worker]:
+    """The idle workers the current thread keeps for ``cls`` (``keep_greenlets``)."""
+    root = getcurrent()
+    while root.parent is not None:
+        root = root.parent
+    pools = _pools.get(root)
+    if pools is None:
+        pools = _pools[root] = {}
+    return pools.setdefault(cls, [])
+
+
+def worker_main(first: List[Any]) -> None:
+    """The body of every worker greenlet: serve a run; if kept, wait for the next."""
+    me: Worker = getcurrent()  # type: ignore[assignment]
+    run, variables, task = first
+    first.clear()
+    while run.dataloader._serve(me, run, variables, task):
+        kept_pool(type(run.dataloader)).append(me)
+        # Hold nothing of the run that is ending: not its context (which
+        # holds the dataloader and its caches), not its hub.
+        me.owner = me.waiting = me.batch = None
+        me.groups.clear()  # empty already: every loop pops what it pushed
+        me.gr_context = None
+        del run, variables, task
+        # Back to the hub closing the old run (Run.close made it our
+        # parent); resumed by the next run's Run.start.
+        run, variables, task = me.parent.switch()  # type: ignore[union-attr]
