@@ -7,21 +7,13 @@ requests.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import gunicorn.config as gunicorn_config  # type: ignore[import-untyped]
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -29,7 +21,8 @@ from flask.testing import FlaskClient
 from examples.blog.app import create_app
 from examples.blog.seed import seed
 
-ROOT = Path(__file__).resolve().parent.parent
+from ._servers import fetch, gunicorn
+
 USERS, POSTS, COMMENTS_PER_POST, TAGS = 20, 30, 3, 6
 SCHEDULERS = {"sync": "Dataloader", "async": "AsyncDataloader", "null": "NullDataloader"}
 BATCHING = ["sync", "async"]
@@ -273,55 +266,6 @@ def test_the_environment_variable_picks_the_scheduler(monkeypatch: pytest.Monkey
 
 
 # -- 3. a real gunicorn with gevent workers ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def fetch(url: str, timeout: float = 15.0) -> Tuple[int, Any, Dict[str, str]]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read()), dict(error.headers)
-
-
-@contextmanager
-def gunicorn(database: str, scheduler: str, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BLOG_DB": database, "FIBERLOADER_DATALOADER": scheduler,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop("BLOG_BATCHING", None)
-    command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "--workers", "1", "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "examples.blog.wsgi:application"]
-    if hasattr(gunicorn_config, "ControlSocketDisable"):  # gunicorn >= 25.1: no socket under ~/.gunicorn
-        command.insert(-1, "--no-control-socket")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                assert server.poll() is None, f"gunicorn exited:\n{log_path.read_text()}"
-                try:
-                    if fetch(f"{base}/api/posts?first=0", timeout=2)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, f"gunicorn not ready after 20 s:\n{log_path.read_text()}"
-                time.sleep(0.1)
-            yield base
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
 
 
 @pytest.mark.parametrize("scheduler", BATCHING)
