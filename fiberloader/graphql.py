@@ -38,6 +38,18 @@ Theory of operation
    nearest nullable ancestor.  Where a split let later siblings run before
    an earlier one failed, the errors those later siblings recorded are
    dropped at the end, because graphql-core would never have run them.
+5. Nothing is awaited.  An awaitable where a value belongs (a resolver's
+   result, a list item, a handle's value, what ``is_type_of`` or
+   ``resolve_type`` returned) is closed and becomes a located error of its
+   field that says what to do, also under ``graphql_sync``, which tells
+   graphql-core to assume there are none.  graphql-core's own checks go
+   through its ``is_awaitable`` hook, swapped for the execution for one
+   that raises; ``execute_field`` and the two loops look at values
+   themselves, by exact type first, and the fields loop no longer asks
+   about each result: less work per field than graphql-core's two calls.
+   Under ``check_sync=True`` (graphql-core's ``execute_sync`` or
+   ``graphql_sync``, found on the stack only once an awaitable was met)
+   such an execution raises graphql-core's ``RuntimeError`` at its end.
 
 A resolver that never waits costs what it costs in graphql-core plus the
 mark of its object (one small list per object with two or more fields and
@@ -52,12 +64,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from contextvars import copy_context
+from types import CoroutineType, GeneratorType
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from graphql import GraphQLError, located_error
 from graphql import graphql_sync as _graphql_sync
 from graphql.pyutils import Path, Undefined, is_iterable
+from graphql.pyutils import is_awaitable as _is_awaitable
 from greenlet import getcurrent
 
 from ._errors import FiberloaderTypeError, short_repr
@@ -81,8 +96,92 @@ else:
     from graphql.execution.values import get_argument_values as _get_argument_values
 # graphql-core 3.2.14 added the path argument.
 _ERROR_HANDLER_TAKES_PATH = "path" in inspect.signature(_Base.handle_field_error).parameters
-_base_execute_fields = _Base.execute_fields
 _NO_MARK: List[Any] = [None]  # the mark of a loop nobody can take over (never set)
+
+# -- awaitables: a synchronous execution refuses them ----------------------------------
+
+# Values of exactly these types are never awaitable: checking one is a set lookup.
+_PLAIN = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+# graphql_sync()'s and execute_sync()'s default, "assume nothing is awaitable" (a
+# function of each module in 3.2): we look anyway.
+_ASSUME_NOT_AWAITABLE = frozenset(
+    getattr(module, "assume_not_awaitable", None) for module in (_execute, importlib.import_module("graphql.graphql"))
+)
+# graphql-core's entry points that take check_sync (3.2 and 3.3 alike).
+_CHECK_SYNC_ENTRIES = frozenset({_execute.execute_sync.__code__, _graphql_sync.__code__})
+_ADVICE = (
+    "fiberloader's execution context runs resolvers synchronously and never awaits: make it a "
+    "plain function (a resolver may call load() or return source.request(key)), or run this "
+    "schema with graphql-core's own async execution, without DataloaderExecutionContext."
+)
+
+
+class _NotSynchronous(FiberloaderTypeError):
+    """An awaitable (or async iterable) reached a synchronous execution; it was closed."""
+
+
+def _not_synchronous(what: str, value: Any) -> _NotSynchronous:
+    """The error for an awaitable ``value``; closes it first (never awaited, it would warn)."""
+    if isinstance(value, (CoroutineType, GeneratorType)):
+        value.close()
+    return _NotSynchronous(f"{what} ({short_repr(value)}). {_ADVICE}")
+
+
+def _refusing(is_awaitable: Any) -> Any:
+    """graphql-core's ``is_awaitable`` hook for one execution: an awaitable raises.
+
+    graphql-core asks it about what ``is_type_of`` and ``resolve_type``
+    return (and passes it on as ``info.is_awaitable``); the error raised
+    here becomes the located error of the field being completed.
+    """
+
+    def refuse_awaitable(value: Any) -> bool:
+        if type(value) in _SYNC_RESULTS or not is_awaitable(value):
+            return False
+        raise _not_synchronous(f"{_asker(sys._getframe(1))} returned an awaitable", value)
+
+    return refuse_awaitable
+
+
+def _refuse_async_iterable(value: Any) -> bool:
+    """graphql-core 3.3's ``is_async_iterable`` hook for one execution: one raises."""
+    if type(value) is list or not hasattr(value, "__aiter__"):
+        return False
+    raise _not_synchronous(f"{_asker(sys._getframe(1))} returned an async iterable for a list", value)
+
+
+def _asker(frame: Any) -> str:
+    """Who gave the value that graphql-core's code in ``frame`` asks about (for a message)."""
+    try:
+        values, name = frame.f_locals, frame.f_code.co_name
+        if name == "complete_object_value":
+            return f"{values['return_type'].name}.is_type_of"
+        if name == "complete_abstract_value":
+            return f"{values['return_type'].name}.resolve_type"
+        if name == "default_type_resolver":
+            return f"{values['type_'].name}.is_type_of"
+        info = values["info"]
+        return f"The resolver of {info.parent_type.name}.{info.field_name}"
+    except Exception:  # a caller we do not know (a resolver asking info.is_awaitable)
+        return f"A value that {frame.f_code.co_name}() was given"
+
+
+def _check_sync_asked(frame: Any) -> bool:
+    """Whether graphql-core's ``execute_sync``/``graphql_sync`` up the stack got ``check_sync``.
+
+    Only graphql-core's own frames right above ``frame`` are looked at (a
+    nested execution must not see an outer one's argument).
+    """
+    entered = False
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("graphql."):
+            if frame.f_code in _CHECK_SYNC_ENTRIES:
+                return bool(frame.f_locals.get("check_sync"))
+            entered = True
+        elif entered:
+            return False
+        frame = frame.f_back
+    return False
 
 
 class _Batching:
@@ -93,9 +192,17 @@ class _Batching:
     """
 
     dataloader_setting: Any = None
+    _awaitable: Any = staticmethod(_is_awaitable)  # the test for awaitables, set per execution
+    is_awaitable: Any  # graphql-core's hooks (annotations only: the values are graphql-core's)
+    is_async_iterable: Any
 
     def _in_dataloader(self, execute: Any) -> Any:
-        """Run ``execute()`` as a job: of the running dataloader, else of a new one."""
+        """Run ``execute()`` as a job: of the running dataloader, else of a new one.
+
+        For the execution, graphql-core's awaitable hooks refuse awaitables
+        (theory of operation, 5); under ``check_sync`` an execution that met
+        one raises graphql-core's ``RuntimeError`` here, at its end.
+        """
         self._aborted: List[Tuple[List[Any], Set[Any]]] = []
         self._deferrals = 0  # fields deferred so far (request handles)
         self._pending: Optional[Waitable] = None  # deferred completions not done yet
@@ -108,11 +215,37 @@ class _Batching:
         # id(fields dict) -> (the dict, its items): graphql-core caches the
         # dicts for the execution; the dict is kept so its id stays its own.
         self._field_items: Dict[int, Tuple[Any, List[Any]]] = {}
-        dataloader = current_dataloader()
-        if dataloader is not None and dataloader._in_job():
-            return execute()  # already in a job: batch with it
-        scheduler = adapt_scheduler(dataloader_class(self.dataloader_setting))
-        return scheduler.with_dataloading(lambda _: execute())
+        given = self.is_awaitable
+        given_async_iterable = getattr(self, "is_async_iterable", None)  # graphql-core 3.3
+        self._awaitable = _is_awaitable if given in _ASSUME_NOT_AWAITABLE else given
+        self.is_awaitable = _refusing(self._awaitable)
+        if given_async_iterable is not None:
+            self.is_async_iterable = _refuse_async_iterable
+        caller = sys._getframe(1)
+        try:
+            dataloader = current_dataloader()
+            if dataloader is not None and dataloader._in_job():
+                data = execute()  # already in a job: batch with it
+            else:
+                scheduler = adapt_scheduler(dataloader_class(self.dataloader_setting))
+                data = scheduler.with_dataloading(lambda _: execute())
+        except GraphQLError as error:  # graphql-core 3.2: a non-null error reached the root
+            self._raise_if_check_sync(caller, [error, *self._errors_list()])
+            raise
+        finally:
+            self.is_awaitable = given
+            if given_async_iterable is not None:
+                self.is_async_iterable = given_async_iterable
+        self._raise_if_check_sync(caller, self._errors_list())
+        return data
+
+    def _raise_if_check_sync(self, caller: Any, errors: List[GraphQLError]) -> None:
+        """Under ``check_sync``, an execution that met an awaitable raises as graphql-core's does."""
+        for error in errors:
+            if isinstance(error.original_error, _NotSynchronous):
+                if _check_sync_asked(caller):
+                    raise RuntimeError("GraphQL execution failed to complete synchronously.") from error
+                return
 
     def _execute_root(self, execute: Any) -> Any:
         """Execute the root fields; wait for deferred ones; apply their failures."""
@@ -139,8 +272,18 @@ class _Batching:
         worker: Worker = getcurrent() if len(fields) > 1 else None  # type: ignore[assignment]
         run = getattr(worker, "owner", None)
         if run is None:  # one field (nothing to split), or no worker (NullDataloader)
-            results = _base_execute_fields(self, parent_type, source, path, fields, *extra)
-        elif run.wake is not None:  # a concurrent scheduler: a loop others can take over from the start
+            # graphql-core's loop without its is_awaitable per field: execute_field never returns one.
+            results = {}
+            type_name = parent_type.name
+            execute_field = self.execute_field  # type: ignore[attr-defined]
+            for name, field_nodes in fields.items():
+                if extra:
+                    value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name), *extra)
+                else:
+                    value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
+                if value is not Undefined:
+                    results[name] = value
+        elif run.concurrent:  # a concurrent scheduler: a loop others can take over from the start
             loop = _FieldsLoop(self, run, worker, parent_type, source, path, self._items_of(fields), extra)
             results = loop.run_as_owner({})
         else:
@@ -213,7 +356,7 @@ class _Batching:
         run: Any = getattr(worker, "owner", None)
         deferrals = self._deferrals
         splittable = run is not None and len(items) > 1  # a worker's loop of two or more items
-        if splittable and run.wake is not None:  # a concurrent scheduler
+        if splittable and run.concurrent:  # a concurrent scheduler
             values = _ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner([])
         else:
             values = []
@@ -224,12 +367,16 @@ class _Batching:
             else:  # nothing can take it over: no mark to make
                 mark, groups = _NO_MARK, None
             complete_value = self.complete_value  # type: ignore[attr-defined]
+            awaitable = self._awaitable
             try:
                 for index, item in enumerate(items):
                     item_path = path.add_key(index, None)
                     try:
-                        if type(item) is Request or type(item) is RequestAll:
+                        kind = type(item)
+                        if kind is Request or kind is RequestAll:
                             value = self._complete_handle(item_type, field_nodes, info, item_path, item, extra)
+                        elif kind not in _PLAIN and awaitable(item):
+                            raise self._not_synchronous(info, item, index)
                         elif extra:
                             value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
                         else:
@@ -268,18 +415,16 @@ class _Batching:
     # outcome until the loop links it; a failure that reaches a container
     # whose link is not known yet is held until it is.
 
-    def _not_synchronous(self, info: Any, awaitable: Any) -> FiberloaderTypeError:
-        """A resolver (or a value's completion) gave an awaitable: say what to do instead."""
-        close = getattr(awaitable, "close", None)
-        if close is not None:
-            close()  # a coroutine that is never awaited would warn
-        return FiberloaderTypeError(
-            f"The resolver of {info.parent_type.name}.{info.field_name} returned an awaitable "
-            f"({short_repr(awaitable)}). fiberloader's execution context runs resolvers "
-            "synchronously: make it a plain function (one that calls load() or returns "
-            "source.request(key)), or run this schema with graphql-core's own async execution, "
-            "without DataloaderExecutionContext."
-        )
+    def _not_synchronous(
+        self, info: Any, awaitable: Any, item: Optional[int] = None, handle: bool = False
+    ) -> _NotSynchronous:
+        """A resolver gave an awaitable (or a list item, or a handle's value): say what to do."""
+        returned = f"The resolver of {info.parent_type.name}.{info.field_name} returned"
+        if item is not None:
+            return _not_synchronous(f"{returned} a list whose item {item} is an awaitable", awaitable)
+        if handle:
+            return _not_synchronous(f"{returned} a request handle whose value (from fetch) is an awaitable", awaitable)
+        return _not_synchronous(f"{returned} an awaitable", awaitable)
 
     def _complete_handle(
         self, return_type: Any, field_nodes: Any, info: Any, path: Any, handle: Any, extra: Tuple[Any, ...]
@@ -294,8 +439,11 @@ class _Batching:
             if run is not None and not handle.ready() and run.dataloader is handle.source.dataloader:
                 return self._defer(run, return_type, field_nodes, info, path, handle, extra)
             value = handle.load()  # ready, or no batching here (NullDataloader, another dataloader's)
-        if type(value) is Request or type(value) is RequestAll:  # a handle to a handle
+        kind = type(value)
+        if kind is Request or kind is RequestAll:  # a handle to a handle
             return self._complete_handle(return_type, field_nodes, info, path, value, extra)
+        if kind not in _PLAIN and self._awaitable(value):
+            raise self._not_synchronous(info, value, handle=True)
         if extra:
             return self.complete_value(return_type, field_nodes, info, path, value, *extra)  # type: ignore[attr-defined]
         return self.complete_value(return_type, field_nodes, info, path, value)  # type: ignore[attr-defined]
@@ -320,6 +468,8 @@ class _Batching:
             value = deferred.handle.load()  # in the cache by now (else this job waits)
             while type(value) is Request or type(value) is RequestAll:  # a handle to a handle
                 value = value.load()
+            if type(value) not in _PLAIN and self._awaitable(value):
+                raise self._not_synchronous(deferred.info, value, handle=True)
             completed = self.complete_value(  # type: ignore[attr-defined]
                 deferred.return_type, deferred.field_nodes, deferred.info, deferred.path, value, *deferred.extra
             )
@@ -496,6 +646,11 @@ class _Deferred:
             context._parents[id(value)] = (value, self.container, self.key, self.return_type, self.path)
 
 
+# What graphql-core's loops ask is_awaitable about without a look: plain values and
+# placeholders (a list of N objects with one deferred field asks N times).
+_SYNC_RESULTS = _PLAIN | {_Deferred}
+
+
 class _ExecutionLoop(SplitLoop):
     """A split loop of the executor: stops at the first item that raises, like graphql-core.
 
@@ -578,7 +733,7 @@ class _ExecutionLoop(SplitLoop):
     def run_as_owner(self, container: Any) -> Any:
         """The owner: run the unstarted items, wait for the helpers', collect or raise."""
         n = len(self.items)
-        concurrent = self.run.wake is not None
+        concurrent = self.run.concurrent
         groups = self.owner.groups
         groups.append(self)
         try:
@@ -710,8 +865,11 @@ class _ListLoop(_ExecutionLoop):
         item_path = self.path.add_key(self.offset + index, None)
         item = self.items[index]
         try:
-            if type(item) is Request or type(item) is RequestAll:
+            kind = type(item)
+            if kind is Request or kind is RequestAll:
                 return context._complete_handle(self.item_type, self.field_nodes, self.info, item_path, item, self.extra)
+            if kind not in _PLAIN and context._awaitable(item):
+                raise context._not_synchronous(self.info, item, self.offset + index)
             if self.extra:
                 return context.complete_value(self.item_type, self.field_nodes, self.info, item_path, item, *self.extra)  # type: ignore[attr-defined]
             return context.complete_value(self.item_type, self.field_nodes, self.info, item_path, item)  # type: ignore[attr-defined]
@@ -753,21 +911,25 @@ if not GRAPHQL_CORE_3_3:
                     result = resolve_fn(source, info, **_get_argument_values(field_def, field_nodes[0], self.variable_values))
                 else:  # no ** call: one C stack frame less under a parked resolver
                     result = resolve_fn(source, info)
-                if type(result) is Request or type(result) is RequestAll:
+                kind = type(result)
+                if kind is Request or kind is RequestAll:
                     return self._complete_handle(return_type, field_nodes, info, path, result, ())
-                if self.is_awaitable(result):
+                if kind not in _PLAIN and self._awaitable(result):
                     raise self._not_synchronous(info, result)
-                completed = self.complete_value(return_type, field_nodes, info, path, result)
-                if self.is_awaitable(completed):
-                    raise self._not_synchronous(info, completed)
-                return completed
+                # Never an awaitable: graphql-core's is_awaitable raises for this execution.
+                return self.complete_value(return_type, field_nodes, info, path, result)
             except Exception as raw_error:
                 self._failed(raw_error, return_type, field_nodes, path)
                 return None
 
         def complete_list_value(self, return_type: Any, field_nodes: Any, info: Any, path: Any, result: Any) -> Any:
-            if not is_iterable(result):  # graphql-core's error
-                return super().complete_list_value(return_type, field_nodes, info, path, result)
+            if not is_iterable(result):
+                if hasattr(result, "__aiter__"):  # graphql-core would return a coroutine
+                    raise _not_synchronous(
+                        f"The resolver of {info.parent_type.name}.{info.field_name} returned an async "
+                        "iterable for a list", result
+                    )
+                return super().complete_list_value(return_type, field_nodes, info, path, result)  # its error
             items = result if type(result) is list else list(result)
             return self._items(return_type.of_type, field_nodes, info, path, items, ())
 
@@ -820,14 +982,13 @@ else:
                     result = resolve_fn(source, info, **args)
                 else:  # no ** call: one C stack frame less under a parked resolver
                     result = resolve_fn(source, info)
-                if type(result) is Request or type(result) is RequestAll:
+                kind = type(result)
+                if kind is Request or kind is RequestAll:
                     return self._complete_handle(return_type, field_details_list, info, path, result, extra)
-                if self.is_awaitable(result):
+                if kind not in _PLAIN and self._awaitable(result):
                     raise self._not_synchronous(info, result)
-                completed = self.complete_value(return_type, field_details_list, info, path, result, position_context)
-                if self.is_awaitable(completed):
-                    raise self._not_synchronous(info, completed)
-                return completed
+                # Never an awaitable: graphql-core's is_awaitable raises for this execution.
+                return self.complete_value(return_type, field_details_list, info, path, result, position_context)
             except Exception as raw_error:
                 self._failed(raw_error, return_type, field_details_list, path)
                 return None
