@@ -23,14 +23,44 @@ the hub starts it only if the runner blocks.
 from __future__ import annotations
 
 from contextvars import copy_context
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from greenlet import getcurrent
 
 from ._fibers import Cancelled, Worker
 
 
-__all__ = ["Waitable", "SplitLoop", "MapLoop"]
+__all__ = ["Waitable", "SplitLoop", "MapLoop", "Mark", "NO_MARK"]
+
+
+class Mark:
+    """A loop its owner runs inline, that becomes a :class:`SplitLoop` only if the owner parks.
+
+    The GraphQL executor goes over an object's fields and a list's items
+    itself, at the cost of one ``Mark`` on its worker's stack of loops
+    (``Worker.groups``).  When the worker parks, the scheduler calls
+    :meth:`take_over` on each mark of its stack: ``make(run, worker,
+    *args)`` builds the loop over the items not started yet, which helpers
+    then run.  The owner sees ``loop`` set when its item returns, and from
+    then on runs the loop as its owner.
+    """
+
+    __slots__ = ("loop", "make", "args")
+
+    def __init__(self, make: Callable[..., "SplitLoop"], args: Tuple[Any, ...]) -> None:
+        self.loop: Any = None  # the SplitLoop, made when the owner first parks
+        self.make = make
+        self.args = args
+
+    def take_over(self, run: Any, worker: Worker) -> Any:
+        """The split loop of the unstarted items (made on the first call)."""
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = self.make(run, worker, *self.args)
+        return loop
+
+
+NO_MARK = Mark(None, ())  # type: ignore[arg-type]  # the mark of a loop nobody can take over (never set)
 
 
 class Waitable:

@@ -55,6 +55,7 @@ from greenlet import GreenletExit, getcurrent
 
 from ._errors import NotRunningError, short_repr
 from ._fibers import Cancelled, Worker, copy_error
+from ._loops import Mark
 from ._source import Source
 
 __all__ = ["WorkerSide", "worker_main", "kept_pool", "JOBS", "STOP", "KEEP", "DEADLOCK"]
@@ -155,10 +156,8 @@ class WorkerSide:
             # map() loops on this stack must not stall while it waits: let
             # another worker carry on with their unstarted items.
             for group in reversed(groups):  # innermost first: the order plain code would take
-                if type(group) is list:  # an inline loop's mark: [loop, make_loop, ...]
-                    if group[0] is None:
-                        group[0] = group[1](run, worker, group)
-                    group = group[0]
+                if type(group) is Mark:  # a loop its owner runs inline: split it now
+                    group = group.take_over(run, worker)
                 self._split(run, group)
         if parked is not None:
             parked.append(worker)
