@@ -173,13 +173,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--posts", type=int, default=200, help="number of posts (default 200)")
     args = parser.parse_args(argv)
     db = make_database(args.posts)
-    rows = [
-        measure("naive N+1 loop", db, lambda: naive_view(db)),
-        measure("fiberloader, NullDataloader (no batching)", db,
-                lambda: NullDataloader.with_dataloading(lambda dl: batched_view(dl, db))),
-        measure("fiberloader, Dataloader", db,
-                lambda: Dataloader.with_dataloading(lambda dl: batched_view(dl, db))),
-    ]
+    try:
+        rows = [
+            measure("naive N+1 loop", db, lambda: naive_view(db)),
+            measure("fiberloader, NullDataloader (no batching)", db,
+                    lambda: NullDataloader.with_dataloading(lambda dl: batched_view(dl, db))),
+            measure("fiberloader, Dataloader", db,
+                    lambda: Dataloader.with_dataloading(lambda dl: batched_view(dl, db))),
+        ]
+    finally:
+        db.close()  # Python 3.13 warns (ResourceWarning) about a connection left open
     expected = rows[0][3]
     print(f"{args.posts} posts, 3 comments each, 50 users; SQLite in memory\n")
     print(f"{'variant':45} {'SQL statements':>15} {'time (ms)':>10}")

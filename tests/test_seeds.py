@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import sqlite3
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, Iterator, List, Optional, Type
 
 import pytest
 
@@ -52,6 +52,10 @@ class Pool:
         if conn is not None:
             self.free[self.shard_of[id(conn)]].append(conn)
 
+    def close(self) -> None:
+        for conn in [*self.checked_out.values(), *(c for free in self.free.values() for c in free)]:
+            conn.close()
+
 
 class Holder:
     """What a greenlet keeps its checked-out connection under."""
@@ -84,7 +88,7 @@ def make_recipe(base: Type[Dataloader], pool: Pool) -> Type[Dataloader]:
 
 
 @pytest.fixture
-def pool(tmp_path: Any) -> Pool:
+def pool(tmp_path: Any) -> Iterator[Pool]:
     paths = {}
     for shard in ("default", "eu"):
         path = str(tmp_path / f"{shard}.db")
@@ -92,8 +96,11 @@ def pool(tmp_path: Any) -> Pool:
             conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
             conn.executemany("INSERT INTO users VALUES (?, ?)",
                              [(i, f"{shard} user {i}") for i in range(1, 6)])
+        conn.close()  # "with" commits; it does not close
         paths[shard] = path
-    return Pool(paths)
+    pool = Pool(paths)
+    yield pool
+    pool.close()
 
 
 def test_connection_recipe_passes_config_and_releases_every_connection(
@@ -159,6 +166,7 @@ def test_one_connection_per_greenlet_is_closed_by_cleanup_fiber(scheduler: Type[
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"v{i}") for i in range(20)])
+    conn.close()
     opened: List[sqlite3.Connection] = []
 
     class State:

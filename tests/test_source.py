@@ -367,6 +367,18 @@ def test_raising_fetch_fails_every_key_of_its_batch(scheduler: Type[Dataloader])
     assert Down.calls == 1
 
 
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` (Python 3.11+); before 3.11 the same ``__notes__`` list, by hand.
+
+    So the notes tests test the same behaviour on every Python: ``copy_error``
+    copies ``__notes__`` whichever way it was made.
+    """
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]
+
+
 def test_errors_stay_cached_and_each_raise_is_a_fresh_copy(any_scheduler: Type[Dataloader]) -> None:
     class Broken(Source):
         calls = 0
@@ -375,6 +387,7 @@ def test_errors_stay_cached_and_each_raise_is_a_fresh_copy(any_scheduler: Type[D
             type(self).calls += 1
             error = ValueError("broken", 42)
             error.detail = "kept"  # type: ignore[attr-defined]
+            _add_note(error, "from fetch")
             return [error for _ in keys]
 
     def job(dl: Dataloader) -> Any:
@@ -383,7 +396,7 @@ def test_errors_stay_cached_and_each_raise_is_a_fresh_copy(any_scheduler: Type[D
             try:
                 dl.with_(Broken).load(1)
             except ValueError as error:
-                error.add_note("seen once")
+                _add_note(error, "seen once")
                 caught.append(error)
         return caught
 
@@ -394,7 +407,7 @@ def test_errors_stay_cached_and_each_raise_is_a_fresh_copy(any_scheduler: Type[D
         assert type(error) is ValueError
         assert error.args == ("broken", 42)
         assert error.detail == "kept"  # type: ignore[attr-defined]
-        assert error.__notes__ == ["seen once"]
+        assert error.__notes__ == ["from fetch", "seen once"]  # the source's note kept, no pile-up
 
 
 def test_wrong_length_result_fails_every_waiting_load_with_fetch_error(scheduler: Type[Dataloader]) -> None:
@@ -479,3 +492,18 @@ def _outcome(fn: Any) -> Any:
         return fn()
     except Exception as error:
         return (type(error).__name__, str(error) if not error.args or len(error.args) != 1 or isinstance(error.args[0], str) else error.args[0])
+
+
+def test_cached_gives_a_value_at_hand_without_fetching(any_scheduler: Type[Dataloader]) -> None:
+    class Numbers(Source):
+        def fetch(self, keys: List[Any]) -> List[Any]:
+            return [ValueError(key) if key < 0 else key * 2 for key in keys]
+
+    def job(dl: Dataloader) -> Any:
+        source = dl.with_(Numbers)
+        before = source.cached(1, "absent")
+        source.load_all([1, -1], return_exceptions=True)
+        return before, source.cached(1), source.cached(-1, "failed"), source.cached(2, "absent")
+
+    assert any_scheduler.with_dataloading(job) == ("absent", 2, "failed", "absent")
+    assert Numbers().cached(1, "detached") == "detached"
