@@ -240,20 +240,19 @@ class Source(Generic[K, V]):
         except TypeError:
             raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
         errors = self._errors
-        missing_keys = []
-        missing_rks = []
         try:
-            for key, rk in zip(keys, rks):
-                if rk not in results and rk not in errors:
-                    missing_keys.append(key)
-                    missing_rks.append(rk)
+            missing = [i for i, rk in enumerate(rks) if rk not in results and rk not in errors]
         except TypeError:
             raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
-        if missing_rks:
-            dataloader = self._owner("load_all", missing_keys[0])
-            # Wait on every key, not only the missing ones (first): another
-            # job may clear a cached one while this one is parked.
-            dataloader._wait(self, missing_keys + keys, missing_rks + rks)
+        while missing:
+            dataloader = self._owner("load_all", keys[missing[0]])
+            if len(missing) == len(rks):  # none cached: _wait sees every key resolved
+                dataloader._wait(self, keys, rks)
+                break
+            dataloader._wait(self, [keys[i] for i in missing], [rks[i] for i in missing])
+            # Another job may have cleared a key that was cached when this
+            # one asked (clear_cache while it was parked): ask again.
+            missing = [i for i, rk in enumerate(rks) if rk not in results and rk not in errors]
         if return_exceptions:
             return [self._result_or_error(rk) for rk in rks]
         return [self._result(rk) for rk in rks]
@@ -375,13 +374,22 @@ class Source(Generic[K, V]):
         in flight in another batch are left out.
         """
         results, errors, fetching = self._results, self._errors, self._fetching
-        items = [
-            (rk, key) for rk, key in pending.items()
-            if rk not in results and rk not in errors and rk not in fetching
-        ]
+        waiting = pending.keys()
+        if (
+            (results and not waiting.isdisjoint(results))
+            or (errors and not waiting.isdisjoint(errors))
+            or (fetching and not waiting.isdisjoint(fetching))
+        ):
+            items = [
+                (rk, key) for rk, key in pending.items()
+                if rk not in results and rk not in errors and rk not in fetching
+            ]
+            fetching.update(rk for rk, _ in items)
+        else:  # the usual case, checked in C: every key still wants a fetch
+            items = list(pending.items())
+            fetching.update(waiting)
         if not items:
             return []
-        fetching.update(rk for rk, _ in items)
         size = self.max_batch_size
         if size is None or len(items) <= size:
             return [items]

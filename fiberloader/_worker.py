@@ -202,7 +202,16 @@ class WorkerSide:
                 data_source=source,
                 key=keys[0],
             )
-        self._enqueue(run.pending, source, keys, rks)
+        if len(rks) == 1:  # load(): the key is not cached; add it unless pending or in flight
+            rk = rks[0]
+            if rk not in source._fetching:
+                batch = run.pending.get(source)
+                if batch is None:
+                    batch = run.pending[source] = {}
+                if rk not in batch:
+                    batch[rk] = keys[0] if source._plain_fetch_keys else source.normalize_fetch_key(keys[0])
+        else:
+            self._enqueue(run.pending, source, keys, rks)
         worker.waiting = (source, rks)
         while True:
             try:
