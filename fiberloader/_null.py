@@ -49,6 +49,9 @@ class NullDataloader(Dataloader):
             while jobs:
                 job = jobs.popleft()
                 self._checked_result(job, context.copy().run(job))
+        except BaseException:
+            jobs.clear()  # the jobs not started yet are abandoned, as under the other schedulers
+            raise
         finally:
             self._run.forget_expired()
             self._run = None

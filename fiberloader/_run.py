@@ -93,6 +93,7 @@ class Run:
         "expiring",
         "interrupted",
         "interrupts",
+        "handed",
     )
 
     def __init__(
@@ -130,6 +131,9 @@ class Run:
         self.expiring: List[Tuple[Source, List[Hashable], BaseException]] = []  # type: ignore[type-arg]
         self.interrupted = False  # a parked worker was woken by an exception (a timeout, a kill)
         self.interrupts: List[Any] = []  # map() loops whose items the hub must stop
+        # Batches handed to a worker whose fetch has not begun (under gevent a
+        # worker starts later): abandoned if the run fails before they do.
+        self.handed: Dict[int, Tuple[Source, Batch]] = {}  # type: ignore[type-arg]
 
     # -- the loop ---------------------------------------------------------------
 
@@ -198,10 +202,17 @@ class Run:
 
     def fetch_phase(self) -> None:
         """Fetch every pending batch, resuming fetches that wait, until all are done."""
-        dataloader = self.dataloader
         sources = self.pending
         parked, idle = self.parked_fetches, self.idle
         waiting: Deque[Tuple[Source, Batch]] = deque()  # type: ignore[type-arg]
+        try:
+            self._fetch_batches(sources, waiting, parked, idle)
+        finally:
+            for source, batch in waiting:  # taken, never started: the run failed
+                source._abandon(batch)
+
+    def _fetch_batches(self, sources: Pending, waiting: Any, parked: List[Worker], idle: List[Worker]) -> None:
+        dataloader = self.dataloader
         resumed_at: Optional[int] = None  # progress when parked fetches were last resumed
         stuck_rounds = 0
         while True:
@@ -211,8 +222,7 @@ class Run:
                 source = next(iter(sources))  # the first to get a pending key
                 waiting.extend((source, batch) for batch in source._take_batches(sources.pop(source)))
             elif waiting and (idle or len(self.workers) < dataloader._limit):
-                source, batch = waiting.popleft()
-                self.start(partial(self.fetch, source, batch))
+                self.start_fetch(*waiting.popleft())
             elif dataloader.eager_resume and self.resume_eagerly():
                 pass
             elif self.running:
@@ -226,8 +236,7 @@ class Run:
                 # fetches wait for these batches: borrow one above the limit
                 # (one per level of fetches loading from fetches) rather than
                 # deadlock, so that fiber_limit never changes results.
-                source, batch = waiting.popleft()
-                self.start(partial(self.fetch, source, batch))
+                self.start_fetch(*waiting.popleft())
             elif not parked:
                 if waiting:
                     raise InvariantError("a fetch is waiting for a worker, but none is busy")
@@ -270,8 +279,14 @@ class Run:
             return True
         return False
 
+    def start_fetch(self, source: Source, batch: Batch) -> None:  # type: ignore[type-arg]
+        """Hand one batch to a worker."""
+        self.handed[id(batch)] = (source, batch)
+        self.start(partial(self.fetch, source, batch))
+
     def fetch(self, source: Source, batch: Batch) -> None:  # type: ignore[type-arg]
         """A fetch task: runs in a worker."""
+        del self.handed[id(batch)]
         worker: Worker = getcurrent()  # type: ignore[assignment]
         worker.batch = (source, batch)
         dataloader = self.dataloader
@@ -450,6 +465,13 @@ class Run:
                         worker.throw()
                 except BaseException as error:  # a cleanup_fiber or finally that raised
                     errors.append(error)
+        if failed:  # the jobs not started yet are abandoned too, not left for the next run()
+            self.jobs.clear()
+            self.later.clear()
+            self.pending.clear()
+        for source, batch in self.handed.values():  # fetches that never began
+            source._abandon(batch)
+        self.handed.clear()
         self.idle.clear()
         self.parked.clear()
         self.parked_fetches.clear()

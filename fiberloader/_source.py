@@ -404,6 +404,14 @@ class Source(Generic[K, V]):
         a ``BaseException`` (the scheduler cancelling an orphaned fetch, a
         ``KeyboardInterrupt``) stores nothing.
         """
+        results, errors = self._results, self._errors
+        if any(rk in results or rk in errors for rk, _ in batch):
+            # Resolved while the batch waited for a worker (a merge, say): a
+            # merge wins, and those keys are not fetched.
+            self._abandon([item for item in batch if item[0] in results or item[0] in errors])
+            batch = [item for item in batch if item[0] not in results and item[0] not in errors]
+            if not batch:
+                return None
         rks = [rk for rk, _ in batch]
         keys = [key for _, key in batch]
         try:
@@ -418,6 +426,10 @@ class Source(Generic[K, V]):
         finally:
             self._fetching.difference_update(rks)
         return None
+
+    def _abandon(self, batch: Batch) -> None:
+        """A batch taken in flight that will not be fetched (its run failed): not in flight any more."""
+        self._fetching.difference_update(rk for rk, _ in batch)
 
     def _timed_out(self, keys: List[Any], timeout: float, late: bool) -> FetchTimeoutError:
         how = "returned after" if late else "was stopped at"

@@ -664,3 +664,19 @@ def test_stats_count_fetches_keys_and_greenlets(any_scheduler: Type[Dataloader])
     else:
         assert stats.fetches == 1 and stats.greenlets >= 4
     assert "fetches=" in repr(stats)
+
+
+def test_jobs_queued_by_a_run_that_failed_are_abandoned_not_run_by_the_next(any_scheduler: Type[Dataloader]) -> None:
+    ran: List[str] = []
+    dl = any_scheduler()
+
+    def failing() -> None:
+        dl.append_job(lambda: ran.append("queued by the failing job"))
+        raise ValueError("boom")
+
+    dl.append_job(failing)
+    with pytest.raises(ValueError):
+        dl.run()
+    dl.append_job(lambda: ran.append("next run"))
+    dl.run()
+    assert ran == ["next run"]

@@ -28,6 +28,8 @@ from graphql import (
 from fiberloader import Dataloader, NullDataloader, Request, RequestAll, Source, current_dataloader
 from fiberloader.graphql import GRAPHQL_CORE_3_3, DataloaderExecutionContext, graphql_sync
 
+from .conftest import live_greenlets
+
 if GRAPHQL_CORE_3_3:  # graphql-core 3.3 renamed ExecutionContext to Executor
     from graphql import Executor as ExecutionContext
 
@@ -347,8 +349,63 @@ def test_dataloader_setting_comes_from_the_environment(monkeypatch: Any) -> None
 
 def test_no_greenlet_outlives_an_execution(no_leaked_greenlets: Any, setting: str) -> None:
     context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
-    for query in QUERIES.values():
-        graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
+    before = {id(g) for g in live_greenlets()}
+    for name, query in QUERIES.items():
+        want = reference(query)
+        got = graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
+        assert normal(got) == normal(want), name  # the right data, and only the errors graphql-core gives
+        if not want.errors:
+            assert got.errors is None, (name, got.errors)
+    leaked = [g for g in live_greenlets() if id(g) not in before]
+    assert not leaked, f"greenlets left alive: {leaked}"
+    result = graphql_sync(SCHEMA, QUERIES["nested lists"], **{CONTEXT: context_class})
+    assert result.errors is None
+    assert result.data["posts"][0] == {  # type: ignore[index]
+        "title": "post 0",
+        "author": {"name": "user 0"},
+        "comments": [
+            {"body": "c0.0", "author": {"name": "user 0"}},
+            {"body": "c0.1", "author": {"name": "user 1"}},
+            {"body": "c0.2", "author": {"name": "user 2"}},
+        ],
+    }
+
+
+def test_mutations_returning_handles_complete_each_field_before_the_next(setting: str) -> None:
+    """renameH returns a request handle; its subtree loads through handles too.
+
+    Root mutation fields run serially: field a (and every handle under it)
+    completes before field b renames user 3, so a's comment by user 3 still
+    shows the old name.
+    """
+    query = """mutation {
+      a: renameH(id: 2, name: "two") { name posts { id commentsH { authorH { id name } } } }
+      b: renameH(id: 3, name: "three") { id name }
+    }"""
+    saved = dict(USERS)
+    try:
+        want = reference(query)
+    finally:
+        USERS.clear()
+        USERS.update(saved)
+    RENAMED.clear()
+    context_class = type("Ctx", (DataloaderExecutionContext,), {"dataloader_setting": setting})
+    try:
+        result = graphql_sync(SCHEMA, query, **{CONTEXT: context_class})
+    finally:
+        USERS.clear()
+        USERS.update(saved)
+    assert result.errors is None
+    assert normal(result) == normal(want)
+    assert RENAMED == [("user 2", "two"), ("user 3", "three")]
+    a, b = result.data["a"], result.data["b"]  # type: ignore[index]
+    assert a["name"] == "two" and b == {"id": 3, "name": "three"}
+    assert [post["id"] for post in a["posts"]] == [2, 9, 16]
+    assert a["posts"][0]["commentsH"] == [
+        {"authorH": {"id": 2, "name": "two"}},
+        {"authorH": {"id": 3, "name": "user 3"}},  # renamed only by the next field
+        {"authorH": {"id": 4, "name": "user 4"}},
+    ]
 
 
 def test_an_async_resolver_is_a_clear_field_error_not_a_silent_coroutine() -> None:
