@@ -422,3 +422,29 @@ def test_an_async_resolver_is_a_clear_field_error_not_a_silent_coroutine() -> No
     assert error.path == ["post", "title"]
     assert "Post.title returned an awaitable" in error.message
     assert "graphql-core's own async execution" in error.message
+
+
+@pytest.mark.parametrize("setting", ["sync", "async", "null"])
+def test_a_handle_whose_value_is_another_handle_completes_with_the_inner_value(setting: str) -> None:
+    class Inner(Source):
+        def fetch(self, keys: List[Any]) -> List[Any]:
+            return [f"inner {key}" for key in keys]
+
+    class Outer(Source):
+        def fetch(self, keys: List[Any]) -> List[Any]:
+            return [self.dataloader.with_(Inner).request(key) for key in keys]  # type: ignore[union-attr]
+
+    schema = build_schema("type Query { word(id: Int!): String words: [String] }")
+
+    def resolve(_: Any, info: Any, **args: Any) -> Any:
+        outer = current_dataloader().with_(Outer)  # type: ignore[union-attr]
+        if info.field_name == "word":
+            return outer.request(args["id"])
+        return [outer.request(1), outer.request(2)]
+
+    context = type("Context", (DataloaderExecutionContext,), {"dataloader_setting": setting})
+    option = "executor_class" if GRAPHQL_CORE_3_3 else "execution_context_class"
+    result = graphql_sync(schema, "{ a: word(id: 1) b: word(id: 3) words }", field_resolver=resolve,
+                          **{option: context})
+    assert result.errors is None
+    assert result.data == {"a": "inner 1", "b": "inner 3", "words": ["inner 1", "inner 2"]}
