@@ -45,7 +45,9 @@ Examples: 300 per scheduler by default, derandomized (the same programs on
 every CI run, no example database).  ``FIBERLOADER_FUZZ_EXAMPLES=20000``
 runs that many per scheduler with fresh random programs (and the local
 example database, so a failure found is replayed first next time);
-``FIBERLOADER_FUZZ_SEED=n`` makes such a run repeatable.
+``FIBERLOADER_FUZZ_SEED=n`` makes such a run repeatable.  CI does not
+shrink a failing program (it prints it, with every property it broke);
+``FIBERLOADER_FUZZ_SHRINK=1`` does, and long runs do by default.
 ``FIBERLOADER_FUZZ_WATCHDOG`` sets the per-run deadline (seconds, default 10).
 """
 
@@ -60,7 +62,7 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, List, NamedTuple, Opti
 import pytest
 from gevent.hub import Hub
 from greenlet import getcurrent, greenlet, settrace
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from fiberloader import AsyncDataloader, ConfigurationError, Dataloader, NullDataloader, Source
@@ -943,12 +945,18 @@ def programs(draw: Any, without: FrozenSet[str] = frozenset()) -> Program:
 # -- the tests ----------------------------------------------------------------------------
 
 LONG_RUN = "FIBERLOADER_FUZZ_EXAMPLES" in os.environ
+# CI does not shrink: with a bug present, hypothesis spends up to five minutes
+# shrinking per scheduler.  The failure still prints the program, every
+# property it broke and a @reproduce_failure blob; FIBERLOADER_FUZZ_SHRINK=1
+# (the default for long runs) shrinks it to a minimal program.
+SHRINK = os.environ.get("FIBERLOADER_FUZZ_SHRINK", "1" if LONG_RUN else "0") == "1"
 FUZZ = settings(
     max_examples=int(os.environ.get("FIBERLOADER_FUZZ_EXAMPLES", "300")),
     derandomize=not LONG_RUN,  # CI: the same programs every time
     database=None if not LONG_RUN else settings.default.database,
     deadline=None,
     print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else []),
     suppress_health_check=[
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
