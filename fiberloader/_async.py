@@ -111,11 +111,6 @@ class AsyncDataloader(Dataloader):
         # As gevent.kill does: from the hub's loop, wherever the worker waits.
         get_hub().loop.run_callback(self._thrown, worker, error)
 
-    @staticmethod
-    def _thrown(worker: Worker, error: Any) -> None:
-        if error.applies_to(worker):  # it may have finished meanwhile
-            worker.throw(error)
-
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         timeout = source.fetch_timeout
         if timeout is None:

@@ -106,7 +106,7 @@ from ._errors import (
 from ._fibers import CURRENT, Worker
 from ._loops import MapLoop
 from ._run import Pending, Run
-from ._source import Source
+from ._source import Source, as_list
 from ._worker import WorkerSide, kept_pool
 
 __all__ = ["Dataloader", "DataloaderStats"]
@@ -402,16 +402,14 @@ class Dataloader(WorkerSide):
         """``list(iterable)``, after checking both arguments of ``map``."""
         if not callable(fn):
             raise FiberloaderTypeError(f"dataloader.map() takes a one-argument callable, but got {short_repr(fn)}.")
-        try:
-            return list(iterable)
-        except TypeError:
-            if hasattr(iterable, "__iter__"):
-                raise  # an iterable that failed while iterating: its own error
+        items = as_list(iterable)
+        if items is None:
             raise FiberloaderTypeError(
                 f"dataloader.map(fn, iterable) takes an iterable of items, but got "
                 f"{type(iterable).__name__} {short_repr(iterable)}. Pass a list of the items to "
                 "run fn on."
-            ) from None
+            )
+        return items
 
     def yield_(self) -> None:
         """Suspend the current job or fetch; every other runnable one goes first.
@@ -482,7 +480,11 @@ class Dataloader(WorkerSide):
 
     def _throw(self, run: Run, worker: Worker, error: BaseException) -> None:
         """In the hub: raise ``error`` in ``worker`` wherever it waits (a park, I/O)."""
-        if error.applies_to(worker):  # type: ignore[attr-defined]
+        self._thrown(worker, error)
+
+    @staticmethod
+    def _thrown(worker: Worker, error: Any) -> None:
+        if error.applies_to(worker):  # it may have finished what it was cancelled for
             worker.throw(error)
 
     def _new_wake(self) -> Any:

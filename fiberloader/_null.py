@@ -10,8 +10,8 @@ only the number of ``fetch`` calls.
 from __future__ import annotations
 
 from collections import deque
-from contextvars import copy_context
-from typing import Any, Callable, Hashable, Iterable, List, Optional, Sequence, TypeVar
+from contextvars import Context, copy_context
+from typing import Any, Callable, Deque, Hashable, Iterable, List, Optional, Sequence, TypeVar
 
 
 from ._dataloader import Dataloader
@@ -45,16 +45,24 @@ class NullDataloader(Dataloader):
         self._run = self._new_run(self._jobs, {})
         self._pending = {}  # a request() made before the run: its load fetches it
         try:
-            jobs = self._jobs
+            self._drain(self._jobs, context)
+        finally:
+            self._run.forget_expired()
+            self._run = None
+
+    def _drain(self, jobs: "Deque[Callable[[], Any]]", context: Context) -> None:
+        """Run ``jobs`` (and those they queue) in turn, each in a copy of ``context``.
+
+        If one raises, the jobs not started yet are abandoned, as under the
+        batching schedulers.
+        """
+        try:
             while jobs:
                 job = jobs.popleft()
                 self._checked_result(job, context.copy().run(job))
         except BaseException:
-            jobs.clear()  # the jobs not started yet are abandoned, as under the other schedulers
+            jobs.clear()
             raise
-        finally:
-            self._run.forget_expired()
-            self._run = None
 
     def _in_job(self) -> bool:
         return self._run is not None  # jobs run inline, in the caller's greenlet
@@ -68,9 +76,7 @@ class NullDataloader(Dataloader):
         self._jobs = jobs
         try:
             result: T = self._checked_result(fn, fn())
-            while jobs:
-                job = jobs.popleft()
-                self._checked_result(job, copy_context().run(job))
+            self._drain(jobs, copy_context())
         finally:
             self._jobs = saved
         return result

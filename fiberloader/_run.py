@@ -212,6 +212,7 @@ class Run:
                 source._abandon(batch)
 
     def _fetch_batches(self, sources: Pending, waiting: Any, parked: List[Worker], idle: List[Worker]) -> None:
+        """The fetch phase's loop; ``waiting`` holds the batches taken and not started yet."""
         dataloader = self.dataloader
         resumed_at: Optional[int] = None  # progress when parked fetches were last resumed
         stuck_rounds = 0

@@ -80,6 +80,19 @@ def _hashable(value: Any) -> bool:
     return True
 
 
+def as_list(values: Any) -> Optional[List[Any]]:
+    """``list(values)``, or ``None`` if ``values`` is not iterable.
+
+    An iterable that fails while it is iterated raises its own error.
+    """
+    try:
+        return list(values)
+    except TypeError:
+        if hasattr(values, "__iter__"):
+            raise
+        return None
+
+
 # A batch as the scheduler hands it around: (result key, fetch key) pairs.
 Batch = List[Tuple[Hashable, Any]]
 
@@ -404,15 +417,17 @@ class Source(Generic[K, V]):
         a ``BaseException`` (the scheduler cancelling an orphaned fetch, a
         ``KeyboardInterrupt``) stores nothing.
         """
+        rks = [rk for rk, _ in batch]
         results, errors = self._results, self._errors
-        if any(rk in results or rk in errors for rk, _ in batch):
+        if (results and not results.keys().isdisjoint(rks)) or (errors and not errors.keys().isdisjoint(rks)):
             # Resolved while the batch waited for a worker (a merge, say): a
             # merge wins, and those keys are not fetched.
-            self._abandon([item for item in batch if item[0] in results or item[0] in errors])
+            resolved = [item for item in batch if item[0] in results or item[0] in errors]
+            self._abandon(resolved)
             batch = [item for item in batch if item[0] not in results and item[0] not in errors]
             if not batch:
                 return None
-        rks = [rk for rk, _ in batch]
+            rks = [rk for rk, _ in batch]
         keys = [key for _, key in batch]
         try:
             try:
@@ -515,12 +530,9 @@ class Source(Generic[K, V]):
 
     def _key_list(self, method: str, keys: Any) -> List[Any]:
         """``list(keys)``; a KeyTypeError if ``keys`` is a string or not iterable."""
-        if not isinstance(keys, (str, bytes)):
-            try:
-                return list(keys)
-            except TypeError:
-                if hasattr(keys, "__iter__"):
-                    raise  # an iterable that failed while iterating: its own error
+        listed = None if isinstance(keys, (str, bytes)) else as_list(keys)
+        if listed is not None:
+            return listed
         what = "one key" if isinstance(keys, (str, bytes)) else "not an iterable"
         raise KeyTypeError(
             f"{self!r}.{method}() takes an iterable of keys, but got {type(keys).__name__} "
@@ -569,9 +581,7 @@ class Source(Generic[K, V]):
     @staticmethod
     def _first_unhashable(keys: List[Any], rks: List[Any]) -> Any:
         for key, rk in zip(keys, rks):
-            try:
-                hash(rk)
-            except TypeError:
+            if not _hashable(rk):
                 return key
         return None  # pragma: no cover - only called after a TypeError
 
