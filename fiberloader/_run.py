@@ -63,7 +63,7 @@ __all__ = ["Run", "Pending"]
 
 Pending = Dict[Source, Dict[Hashable, Any]]  # type: ignore[type-arg]
 
-_MAX_DEADLOCK_ROUNDS = 3  # stuck code that swallows DeadlockError aborts run()
+_MAX_DEADLOCK_ROUNDS = 3  # deadlocks in a row with no progress: run() raises (see break_deadlock)
 
 
 class Run:
@@ -87,6 +87,8 @@ class Run:
         "failure",
         "closing",
         "deadlock",
+        "deadlock_progress",
+        "deadlock_rounds",
         "cleanup",
         "wake",
         "concurrent",
@@ -120,6 +122,8 @@ class Run:
         self.failure: Optional[BaseException] = None  # a job's exception, for the hub
         self.closing = False
         self.deadlock: Optional[DeadlockError] = None
+        self.deadlock_progress = -1  # progress when the last deadlock was broken
+        self.deadlock_rounds = 0  # deadlocks broken since progress was last made
         self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
         self.wake = wake  # concurrent schedulers: what the hub blocks on
         # Workers may run at once (AsyncDataloader): the hub blocks until
@@ -148,7 +152,6 @@ class Run:
 
     def drive(self) -> None:
         """Alternate job and fetch phases until nothing is queued, parked or pending."""
-        stuck_rounds = 0
         while True:
             mark = self.progress
             self.job_phase()
@@ -162,15 +165,15 @@ class Run:
                     return
                 continue
             if self.progress != mark or fetched or self.pending or self.ready or self.later:
-                stuck_rounds = 0
                 continue
             if self.wait_elsewhere(self.parked):
-                stuck_rounds = 0
                 continue
-            stuck_rounds += 1
+            # Defensive: keys in flight where no fetch of this run or an
+            # enclosing one can finish them.  The phases' invariants rule it
+            # out; if it ever happens, a DeadlockError beats a hang.
             stuck = self.parked[:]
             self.parked.clear()
-            self.break_deadlock(stuck, stuck_rounds)
+            self.break_deadlock(stuck)
             if self.failure is not None:  # a job that let the DeadlockError out
                 raise self.failure
 
@@ -215,7 +218,6 @@ class Run:
         """The fetch phase's loop; ``waiting`` holds the batches taken and not started yet."""
         dataloader = self.dataloader
         resumed_at: Optional[int] = None  # progress when parked fetches were last resumed
-        stuck_rounds = 0
         while True:
             if self.failure is not None:
                 raise self.failure
@@ -246,14 +248,11 @@ class Run:
                 resumed_at = None
             elif resumed_at == self.progress and not sources:
                 # Every parked fetch was resumed and none got anywhere.
-                stuck_rounds += 1
                 stuck = parked[:]
                 parked.clear()
                 resumed_at = None
-                self.break_deadlock(stuck, stuck_rounds)
+                self.break_deadlock(stuck)
             else:
-                if resumed_at != self.progress:
-                    stuck_rounds = 0
                 resumed_at = self.progress
                 resuming = parked[:]
                 parked.clear()
@@ -421,8 +420,18 @@ class Run:
                 return True
         return False
 
-    def break_deadlock(self, stuck: List[Worker], rounds: int) -> None:
-        """Resume every stuck worker with a DeadlockError naming the waits."""
+    def break_deadlock(self, stuck: List[Worker]) -> None:
+        """Resume every stuck worker with a DeadlockError naming the waits.
+
+        Code that catches the DeadlockError and waits again without getting
+        anywhere (a fetch that retries on any exception) deadlocks again:
+        after ``_MAX_DEADLOCK_ROUNDS`` such rounds with no progress in
+        between, the hub raises the error out of ``run()`` instead.
+        """
+        if self.progress == self.deadlock_progress:
+            self.deadlock_rounds += 1
+        else:
+            self.deadlock_progress, self.deadlock_rounds = self.progress, 1
         waits = [wait_of(worker) for worker in stuck]
         lines = [describe_stuck(worker) for worker in stuck]
         hint = (
@@ -433,7 +442,7 @@ class Run:
         error = DeadlockError(
             "Deadlock: no job or fetch can proceed.\n" + "\n".join(lines) + "\n" + hint, waits
         )
-        if rounds > _MAX_DEADLOCK_ROUNDS or not stuck:
+        if self.deadlock_rounds > _MAX_DEADLOCK_ROUNDS or not stuck:
             raise error
         self.deadlock = error
         for worker in stuck:

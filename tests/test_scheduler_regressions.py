@@ -654,3 +654,91 @@ def test_keys_of_a_sibling_run_isolated_load_in_the_next_run_after_a_failed_run(
     dataloader.append_job(lambda: out.append(dataloader.with_(Recorder).load(0)))
     assert outcome(dataloader.run) is None
     assert out == ["r:0"]
+
+
+# -- deadlocks that code catches: bounded, never a hang -------------------------------------
+
+
+class RetriesForever(Source):
+    """Loads its own batch (a circular dependency) and retries on any exception, forever."""
+
+    def __init__(self) -> None:
+        self.deadlocks = 0
+
+    def fetch(self, keys: List[Any]) -> List[Any]:
+        while True:
+            try:
+                return self.dataloader.with_(RetriesForever).load_all(keys)
+            except Exception:  # a retry decorator that retries on anything
+                self.deadlocks += 1
+
+
+def test_a_fetch_that_retries_after_every_deadlock_error_makes_run_raise_it(scheduler: Type[Dataloader]) -> None:
+    """Found in session 4: the fetch phase reset its count of deadlock rounds whenever it
+    resumed the stuck fetch, so _MAX_DEADLOCK_ROUNDS never applied and a fetch that
+    retried on any exception spun forever (the run hung)."""
+    from fiberloader import DeadlockError
+
+    dataloader = scheduler()
+    dataloader.append_job(lambda: dataloader.with_(RetriesForever).load(1))
+    with pytest.raises(DeadlockError, match="circular dependency"):
+        with watchdog(DEADLINE):
+            dataloader.run()
+    assert dataloader.with_(RetriesForever).deadlocks == 3  # _MAX_DEADLOCK_ROUNDS, then run() raised
+
+
+class Plain(Source):
+    def fetch(self, keys: List[Any]) -> List[Any]:
+        return list(keys)
+
+
+def a_key_in_flight_that_no_fetch_finishes(dataloader: Dataloader) -> Plain:
+    """White-box: the one state the job phase's deadlock check is there for.
+
+    The phases rule it out (every key a job waits on is pending, in a fetch of
+    this run or an enclosing one, or resolved); a bug that broke that would
+    show as a job parked on a key nothing fetches.
+    """
+    source = dataloader.with_(Plain)
+    source._fetching.add("ghost")
+    return source
+
+
+def test_a_job_waiting_on_a_key_nothing_fetches_gets_a_deadlock_error(scheduler: Type[Dataloader]) -> None:
+    """The job-phase deadlock check (in no test before session 4): an error that says what
+    the job waits on, raised out of run(), and no greenlet left."""
+    from fiberloader import DeadlockError
+
+    dataloader = scheduler()
+    source = a_key_in_flight_that_no_fetch_finishes(dataloader)
+    done: List[str] = []
+    dataloader.append_job(lambda: done.append(dataloader.with_(Plain).load(1)))  # unaffected
+    dataloader.append_job(lambda: source.load("ghost"))
+    with pytest.raises(DeadlockError) as caught:
+        with watchdog(DEADLINE):
+            dataloader.run()
+    assert "a job waits on Plain() keys ['ghost'] -- in flight in another fetch that is stuck too" in str(caught.value)
+    assert caught.value.waits == [(source, ["ghost"])]
+    assert done == [1]
+
+
+def test_a_job_that_retries_after_every_deadlock_error_makes_run_raise_it(scheduler: Type[Dataloader]) -> None:
+    """The job phase's side of _MAX_DEADLOCK_ROUNDS: three DeadlockErrors, then run() raises."""
+    from fiberloader import DeadlockError
+
+    dataloader = scheduler()
+    source = a_key_in_flight_that_no_fetch_finishes(dataloader)
+    caught: List[BaseException] = []
+
+    def stubborn() -> None:
+        while True:
+            try:
+                source.load("ghost")
+            except DeadlockError as error:
+                caught.append(error)
+
+    dataloader.append_job(stubborn)
+    with pytest.raises(DeadlockError):
+        with watchdog(DEADLINE):
+            dataloader.run()
+    assert len(caught) == 3
