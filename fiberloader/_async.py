@@ -1,7 +1,7 @@
 """AsyncDataloader: the same scheduler, with jobs and fetches as gevent greenlets.
 
 Everything but a few primitives (``_deliver``, ``_suspend``, ``_block``,
-``_wake``, ``_throw``, ``_forget_pending``, ``_call_fetch``) is
+``_wake``, ``_throw``, ``_forget_pending``, ``_call_fetch``, ``_timed_fetch``) is
 :class:`~fiberloader.Dataloader`'s: the same Source bookkeeping, the same
 run loop (``fiberloader._run``) and worker side (``fiberloader._worker``),
 the same deadlock detection.  What differs:
@@ -112,6 +112,11 @@ class AsyncDataloader(Dataloader):
         get_hub().loop.run_callback(self._thrown, worker, error)
 
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+        if source.blocking:  # the fetch hooks run in the thread, around the fetch (_fetch_now)
+            return self._timed_fetch(source, keys)
+        return super()._call_fetch(source, keys)
+
+    def _timed_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         timeout = source.fetch_timeout
         if timeout is None:
             return self._fetch_now(source, keys)
@@ -128,9 +133,15 @@ class AsyncDataloader(Dataloader):
         finally:
             timer.close()
 
-    @staticmethod
-    def _fetch_now(source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+    def _fetch_now(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         if source.blocking:
             context = copy_context()  # a thread starts with an empty one
-            return get_hub().threadpool.apply(context.run, (source.fetch, keys))
+            hooks = self._hooks
+            if hooks is None or not hooks.fetches:
+                return get_hub().threadpool.apply(context.run, (source.fetch, keys))
+            return get_hub().threadpool.apply(context.run, (self._hooked_fetch, hooks, _fetch, source, keys))
         return source.fetch(keys)
+
+
+def _fetch(source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+    return source.fetch(keys)

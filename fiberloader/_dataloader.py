@@ -88,6 +88,7 @@ from typing import (
     Iterable,
     List,
     Optional,
+    Tuple,
     Type,
     TypeVar,
 )
@@ -103,33 +104,70 @@ from ._errors import (
     class_name,
     short_repr,
 )
+from ._extensions import Hooks, hooks_of, resolve_extensions
 from ._fibers import CURRENT, Worker
 from ._loops import MapLoop
 from ._run import Pending, Run
-from ._source import Source, as_list
+from ._source import Source, SourceStats, as_list
 from ._worker import WorkerSide, kept_pool
 
-__all__ = ["Dataloader", "DataloaderStats"]
+__all__ = ["Dataloader", "DataloaderStats", "SourceStats"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Source)  # type: ignore[type-arg]
 D = TypeVar("D", bound="Dataloader")
 
 class DataloaderStats:
-    """Counters of one dataloader, for tests, debugging and benchmarks."""
+    """What one dataloader did, for debugging, tests and benchmarks.
 
-    __slots__ = ("fetches", "keys_fetched", "greenlets", "reused", "max_alive")
+    ``sources`` maps each source instance to its :class:`SourceStats`; the
+    totals (``loads``, ``cache_hits``, ``fetches``, ``keys_fetched``,
+    ``errors``) add up every source this dataloader had, also those a web
+    request's end dropped.  ``greenlets``, ``reused`` and ``max_alive``
+    count worker greenlets.
+    """
 
-    def __init__(self) -> None:
-        self.fetches = 0  #: fetch() calls
-        self.keys_fetched = 0  #: keys passed to fetch()
+    __slots__ = ("greenlets", "reused", "max_alive", "_sources", "_dropped")
+
+    def __init__(self, sources: "Dict[type, Dict[Hashable, Source]]") -> None:  # type: ignore[type-arg]
         self.greenlets = 0  #: worker greenlets started
         self.reused = 0  #: kept greenlets taken from the thread's pool (keep_greenlets)
         self.max_alive = 0  #: most worker greenlets alive at once
+        self._sources = sources  # the dataloader's: read, never written here
+        self._dropped = SourceStats()  # the counts of sources dropped (a request's end)
+
+    @property
+    def sources(self) -> "Dict[Source, SourceStats]":  # type: ignore[type-arg]
+        """Each source instance (in the order they were made) and its counts, now."""
+        return {
+            source: source._counts() for instances in self._sources.values() for source in instances.values()
+        }
+
+    def _total(self, name: str) -> int:
+        total: int = getattr(self._dropped, name)
+        for instances in self._sources.values():
+            for source in instances.values():
+                total += getattr(source._counts(), name)
+        return total
+
+    loads = property(lambda self: self._total("loads"), doc="keys asked for (load, load_all, request)")
+    cache_hits = property(lambda self: self._total("cache_hits"), doc="of those, values served from the cache")
+    fetches = property(lambda self: self._total("fetches"), doc="fetch() calls")
+    keys_fetched = property(lambda self: self._total("keys_fetched"), doc="keys passed to fetch()")
+    errors = property(lambda self: self._total("errors"), doc="keys a fetch failed")
+
+    def _drop(self) -> None:
+        """The dataloader drops its sources: keep their counts in the totals."""
+        for counts in self.sources.values():
+            self._dropped.add(counts)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
-        return f"DataloaderStats({fields})"
+        totals = ", ".join(
+            f"{name}={getattr(self, name)}"
+            for name in ("loads", "cache_hits", "fetches", "keys_fetched", "errors", "greenlets", "reused", "max_alive")
+        )
+        per_source = "".join(f"; {source!r}: {counts.fields()}" for source, counts in self.sources.items())
+        return f"DataloaderStats({totals}{per_source})"
 
 
 def _check_fiber_limit(fiber_limit: Optional[int]) -> Optional[int]:
@@ -170,8 +208,11 @@ class Dataloader(WorkerSide):
     #: greenlet holds ~11 KiB.  0 (the default): every greenlet a run started
     #: has ended when run() returns.  See release_kept_greenlets().
     keep_greenlets = 0
+    #: Extensions every instance of this class gets, before those of the
+    #: ``extensions`` argument (or the ``FIBERLOADER_EXTENSIONS`` setting).
+    extensions: Tuple[Any, ...] = ()
 
-    def __init__(self, *, fiber_limit: Optional[int] = None) -> None:
+    def __init__(self, *, fiber_limit: Optional[int] = None, extensions: Optional[Iterable[Any]] = None) -> None:
         self.fiber_limit = _check_fiber_limit(fiber_limit)
         self._limit = sys.maxsize if fiber_limit is None else fiber_limit
         self._sources: Dict[type, Dict[Hashable, Source]] = {}  # type: ignore[type-arg]
@@ -179,7 +220,16 @@ class Dataloader(WorkerSide):
         self._pending: Pending = {}  # keys requested outside any run, for the next run()
         self._run: Optional[Run] = None
         self._request_over = False  # set by the web integrations when the response is done
-        self.stats = DataloaderStats()
+        self.stats = DataloaderStats(self._sources)
+        #: This dataloader's extensions: the class's, then the argument's or
+        #: the setting's (``fiberloader._extensions``).
+        self.extensions: Tuple[Any, ...] = resolve_extensions(type(self), extensions)
+        self._hooks: Optional[Hooks] = hooks_of(self.extensions)
+
+    def _add_extensions(self, *extensions: Any) -> None:
+        """Attach more extensions (the integrations' own), before the first run."""
+        self.extensions += extensions
+        self._hooks = hooks_of(self.extensions)
 
     def __repr__(self) -> str:
         state = "running" if self._run is not None else "idle"
@@ -260,6 +310,7 @@ class Dataloader(WorkerSide):
         """The web request this dataloader served is over: drop its cache and sources."""
         self._request_over = True
         self.clear_cache()
+        self.stats._drop()
         self._sources.clear()
 
     # -- jobs -----------------------------------------------------------------
@@ -338,9 +389,26 @@ class Dataloader(WorkerSide):
         run = self._run = self._new_run(self._jobs, self._pending)
         self._pending = {}
         try:
-            context.run(run.complete)
+            self._with_run_hooks(context.run, run.complete)
         finally:
             self._run = None
+
+    def _with_run_hooks(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, between the extensions' ``run_started`` and ``run_finished``."""
+        hooks = self._hooks
+        if hooks is None:
+            return fn(*args)
+        for hook in hooks.run_started:
+            hook(self)
+        try:
+            result = fn(*args)
+        except BaseException as error:
+            for hook in hooks.run_finished:
+                hook(self, error)
+            raise
+        for hook in hooks.run_finished:
+            hook(self, None)
+        return result
 
     def run_isolated(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` as the only job, to completion, now; return its result.
@@ -365,7 +433,7 @@ class Dataloader(WorkerSide):
                 self._jobs, self._pending = saved_jobs, saved_pending
         else:
             self._check_worker("run_isolated")  # the calling job is the hub of the nested run
-            self._new_run(jobs, {}).complete()
+            self._with_run_hooks(self._new_run(jobs, {}).complete)
         return self._checked_result(fn, box[0])  # type: ignore[no-any-return]
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
@@ -450,7 +518,9 @@ class Dataloader(WorkerSide):
         """Called last thing inside each worker greenlet, also when it failed.
 
         The place to release per-greenlet resources (a database connection
-        opened in a job or fetch).  Default: nothing.
+        opened in a job or fetch).  Default: nothing.  Extensions
+        (``fiber_started`` / ``fiber_finished``) do the same without a
+        subclass.
         """
 
     # -- the primitives AsyncDataloader replaces ----------------------------------
@@ -460,10 +530,34 @@ class Dataloader(WorkerSide):
 
     def _new_run(self, jobs: "Deque[Callable[[], Any]]", pending: Pending) -> Run:
         """A run whose hub is the calling greenlet."""
-        cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber
+        hooks = self._hooks
+        cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber or (
+            hooks is not None and bool(hooks.fiber_finished)
+        )
         return Run(self, getcurrent(), jobs, pending, cleanup, self._new_wake())
 
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
+        """Call ``source.fetch(keys)``, with the extensions' fetch hooks around it."""
+        hooks = self._hooks
+        if hooks is None or not hooks.fetches:
+            return self._timed_fetch(source, keys)
+        return self._hooked_fetch(hooks, self._timed_fetch, source, keys)
+
+    def _hooked_fetch(self, hooks: Hooks, fetch: Callable[[Any, List[Any]], Any], source: Any, keys: List[Any]) -> Any:
+        """``fetch(source, keys)`` between ``fetch_started`` and ``fetch_finished``."""
+        for hook in hooks.fetch_started:
+            hook(self, source, keys)
+        try:
+            result = fetch(source, keys)
+        except BaseException as error:
+            for hook in hooks.fetch_finished:
+                hook(self, source, keys, error)
+            raise
+        for hook in hooks.fetch_finished:
+            hook(self, source, keys, None)
+        return result
+
+    def _timed_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         """Call ``source.fetch(keys)``; fail it if it returns after its ``fetch_timeout``.
 
         Nothing can interrupt a blocking call here; AsyncDataloader stops

@@ -45,7 +45,7 @@ class NullDataloader(Dataloader):
         self._run = self._new_run(self._jobs, {})
         self._pending = {}  # a request() made before the run: its load fetches it
         try:
-            self._drain(self._jobs, context)
+            self._with_run_hooks(self._drain, self._jobs, context)
         finally:
             self._run.forget_expired()
             self._run = None
@@ -56,10 +56,17 @@ class NullDataloader(Dataloader):
         If one raises, the jobs not started yet are abandoned, as under the
         batching schedulers.
         """
+        hooks = self._hooks
+        if hooks is not None and not hooks.jobs:
+            hooks = None
         try:
             while jobs:
                 job = jobs.popleft()
-                self._checked_result(job, context.copy().run(job))
+                if hooks is None:
+                    result = context.copy().run(job)
+                else:
+                    result = context.copy().run(self._hooked_job, job, hooks)
+                self._checked_result(job, result)
         except BaseException:
             jobs.clear()
             raise
@@ -74,12 +81,13 @@ class NullDataloader(Dataloader):
         # the batching schedulers do; the outer queue waits meanwhile.
         saved, jobs = self._jobs, deque()  # type: ignore[var-annotated]
         self._jobs = jobs
+        box: List[T] = []
+        jobs.append(lambda: box.append(fn()))
         try:
-            result: T = self._checked_result(fn, fn())
-            self._drain(jobs, copy_context())
+            self._with_run_hooks(self._drain, jobs, copy_context())
         finally:
             self._jobs = saved
-        return result
+        return self._checked_result(fn, box[0])  # type: ignore[no-any-return]
 
     def map(self, fn: Callable[[Any], T], iterable: Iterable[Any]) -> List[T]:
         items = self._map_items(fn, iterable)
@@ -126,8 +134,6 @@ class NullDataloader(Dataloader):
                 )
             fetch_key = key if source._plain_fetch_keys else source.normalize_fetch_key(key)
             for batch in source._take_batches({rk: fetch_key}):  # one key: one batch
-                self.stats.fetches += 1
-                self.stats.keys_fetched += 1
                 timed_out = source._run_batch(batch)
                 if timed_out is not None:
                     run.expiring.append((source, [rk], timed_out))

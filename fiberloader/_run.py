@@ -290,9 +290,6 @@ class Run:
         worker: Worker = getcurrent()  # type: ignore[assignment]
         worker.batch = (source, batch)
         dataloader = self.dataloader
-        stats = dataloader.stats
-        stats.fetches += 1
-        stats.keys_fetched += len(batch)
         try:
             timed_out = source._run_batch(batch)
             if timed_out is not None:

@@ -3,8 +3,7 @@
 ``dataloader_class(setting)`` resolves, first match wins: the explicit
 argument; the web framework's setting (``app.config["FIBERLOADER_DATALOADER"]``
 of the current Flask app, ``settings.FIBERLOADER_DATALOADER`` of configured
-Django settings, or a provider registered with
-``register_setting_provider``); the environment variable
+Django settings); the environment variable
 ``FIBERLOADER_DATALOADER``; ``"sync"``.  A value is a scheduler class, one of
 the names in ``SCHEDULERS``, or a dotted path ``"package.module:Class"``.
 """
@@ -14,13 +13,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, List, Tuple, Type
+from typing import Any, Tuple, Type
 
 from ._errors import ConfigurationError, short_repr
 
 __all__ = [
-    "dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "register_setting_provider",
-    "register_scheduler_adapter", "adapt_scheduler", "resolve_first",
+    "dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "resolve_first", "framework_setting",
+    "EXTENSIONS_SETTING", "TRACE_VARIABLE", "framework_extensions",
 ]
 
 ENVIRONMENT_VARIABLE = "FIBERLOADER_DATALOADER"
@@ -32,57 +31,49 @@ SCHEDULERS = {
 }
 
 SETTING_NAME = "FIBERLOADER_DATALOADER"  # the key in Flask's app.config and Django's settings
+EXTENSIONS_SETTING = "FIBERLOADER_EXTENSIONS"  # "package.module:Factory" paths
+TRACE_VARIABLE = "FIBERLOADER_TRACE"  # a path: every dataloader writes a Perfetto trace there
 
 
-def _flask_setting() -> Any:
-    """``current_app.config["FIBERLOADER_DATALOADER"]`` when a Flask app context is active."""
+def framework_setting(name: str) -> Tuple[Any, str]:
+    """``(value, where it comes from)`` of a setting of the running web framework.
+
+    ``current_app.config[name]`` when a Flask app context is active, else
+    ``settings.<name>`` when Django's settings are configured; ``(None,
+    "")`` when neither has it.  A framework that is not imported costs a
+    dict lookup: nothing here imports one.
+    """
     flask = sys.modules.get("flask")
-    if flask is None or not flask.has_app_context():
-        return None
-    return flask.current_app.config.get(SETTING_NAME)
+    if flask is not None and flask.has_app_context():
+        value = flask.current_app.config.get(name)
+        if value is not None:
+            return value, f"app.config[{name!r}]"
+    conf = sys.modules.get("django.conf")
+    if conf is not None and conf.settings.configured:
+        value = getattr(conf.settings, name, None)
+        if value is not None:
+            return value, f"settings.{name}"
+    return None, ""
 
 
-def _django_setting() -> Any:
-    """``settings.FIBERLOADER_DATALOADER`` when Django's settings are configured."""
+_django_connections: Any = None  # the DjangoConnections the integrations share
+
+
+def framework_extensions() -> Tuple[Any, ...]:
+    """What the integrations (WSGI, GraphQL) attach to the dataloaders they make.
+
+    In a configured Django process: :class:`fiberloader.django.DjangoConnections`,
+    whatever was imported first.  Else nothing.
+    """
+    global _django_connections
     conf = sys.modules.get("django.conf")
     if conf is None or not conf.settings.configured:
-        return None
-    return getattr(conf.settings, SETTING_NAME, None)
+        return ()
+    if _django_connections is None:
+        from .django import DjangoConnections
 
-
-_flask_setting.setting_name = f"app.config[{SETTING_NAME!r}]"  # type: ignore[attr-defined]
-_django_setting.setting_name = f"settings.{SETTING_NAME}"  # type: ignore[attr-defined]
-
-# Callables returning a framework's setting, or None when that framework has
-# nothing to say (not imported, no app context, setting absent).  A framework
-# that is not imported costs a dict lookup.
-_providers: List[Callable[[], Any]] = [_flask_setting, _django_setting]
-
-
-# Callables that adapt a scheduler class to a framework (fiberloader.django
-# adds its database-connection handling), applied in order by
-# adapt_scheduler(): the integrations that make a dataloader per request or
-# per execution (wsgi, graphql) call it.
-_adapters: List[Callable[[Type[Any]], Type[Any]]] = []
-
-
-def register_scheduler_adapter(adapter: Callable[[Type[Any]], Type[Any]]) -> None:
-    """Let a framework integration adapt the classes ``adapt_scheduler`` returns from now on."""
-    if adapter not in _adapters:
-        _adapters.append(adapter)
-
-
-def adapt_scheduler(scheduler: Type[Any]) -> Type[Any]:
-    """``scheduler`` as the registered framework adapters make it (unchanged if none)."""
-    for adapt in _adapters:
-        scheduler = adapt(scheduler)
-    return scheduler
-
-
-def register_setting_provider(provider: Callable[[], Any]) -> None:
-    """Let a framework integration supply the setting (tried in order)."""
-    if provider not in _providers:
-        _providers.append(provider)
+        _django_connections = DjangoConnections()
+    return (_django_connections,)
 
 
 def dataloader_class(setting: Any = None) -> "Type[Any]":
@@ -97,10 +88,9 @@ def dataloader_class(setting: Any = None) -> "Type[Any]":
     Raises:
         ConfigurationError: the value names no scheduler.
     """
-    candidates = [(setting, "dataloader_class() argument")]
-    if setting is None:
-        candidates += [(provider(), getattr(provider, "setting_name", "framework setting")) for provider in _providers]
-    return resolve_first(*candidates)
+    if setting is not None:
+        return resolve_first((setting, "dataloader_class() argument"))
+    return resolve_first(framework_setting(SETTING_NAME))
 
 
 def resolve_first(*candidates: Tuple[Any, str]) -> "Type[Any]":
@@ -150,11 +140,3 @@ def _bad(setting: Any, source: str, why: str) -> ConfigurationError:
         f"{source} is {short_repr(setting)}, which names no fiberloader scheduler ({why}). "
         f"Use one of {names}, a Dataloader subclass, or 'package.module:Class'."
     )
-
-
-def setting_name(provider: Callable[[], Any], name: str) -> Callable[[], Any]:
-    """Label a provider for error messages (``app.config['FIBERLOADER_DATALOADER']``)."""
-    provider.setting_name = name  # type: ignore[attr-defined]
-    return provider
-
-

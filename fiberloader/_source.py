@@ -64,13 +64,41 @@ from ._errors import (
 )
 from ._fibers import copy_error
 
-__all__ = ["Source", "Request", "RequestAll"]
+__all__ = ["Source", "SourceStats", "Request", "RequestAll"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # the maps of a source not made by with_()
 _MISSING: Any = object()  # not in the cache
+
+class SourceStats:
+    """What one source instance did (``dataloader.stats.sources[source]``)."""
+
+    __slots__ = ("loads", "cache_hits", "fetches", "keys_fetched", "errors")
+
+    def __init__(self, loads: int = 0, cache_hits: int = 0, fetches: int = 0, keys_fetched: int = 0, errors: int = 0) -> None:
+        self.loads = loads  #: keys asked for: load, load_all (n keys: n), request
+        self.cache_hits = cache_hits  #: of those, values served from the cache
+        self.fetches = fetches  #: fetch() calls
+        self.keys_fetched = keys_fetched  #: keys passed to fetch()
+        self.errors = errors  #: keys that a fetch failed (an error for the key, or a fetch that raised)
+
+    def add(self, other: "SourceStats") -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def fields(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SourceStats):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"SourceStats({self.fields()})"
+
 
 def _hashable(value: Any) -> bool:
     try:
@@ -143,6 +171,9 @@ class Source(Generic[K, V]):
     _errors: Dict[Hashable, BaseException] = _NOTHING  # type: ignore[assignment]
     _fetching: Set[Hashable] = frozenset()  # type: ignore[assignment]
     _label: Optional[str] = None
+    # Counts for dataloader.stats (_counts): loads served from the cache,
+    # loads that were not, fetch calls, keys fetched, keys failed.
+    _hits = _misses = _fetches = _keys_fetched = _failed = 0
 
     # Set per subclass: whether the identity hooks are overridden, so the
     # hot paths can skip a method call per key.
@@ -222,9 +253,13 @@ class Source(Generic[K, V]):
         except TypeError:  # this frame a frame object that lives as long as the park
             raise self._unhashable("load", key) from None
         if value is not _MISSING:
+            self._hits += 1
             return value  # type: ignore[no-any-return]
-        # Not cached.  Kept inline, not in a helper: a parked job's stack is
-        # walked by every garbage collection, so every frame counts.
+        self._misses += 1
+        return self._load_missing(key, rk)
+
+    def _load_missing(self, key: Any, rk: Hashable) -> Any:
+        """``load`` of a key whose value is not cached (counted by the caller)."""
         error = self._errors.get(rk)
         if error is not None:
             raise copy_error(error)
@@ -232,7 +267,7 @@ class Source(Generic[K, V]):
         if dataloader is None:
             raise self._detached("load", key)
         dataloader._wait(self, (key,), (rk,))
-        return self._result(rk)  # type: ignore[no-any-return]
+        return self._result(rk)
 
     def load_all(self, keys: Iterable[K], return_exceptions: bool = False) -> List[Any]:
         """Return the values for ``keys``, in order, duplicates included.
@@ -247,12 +282,25 @@ class Source(Generic[K, V]):
         rks = keys if self._plain_result_keys else [self.result_key_for(k) for k in keys]
         results = self._results
         try:
-            return [results[rk] for rk in rks]
+            values = [results[rk] for rk in rks]
         except KeyError:  # a key not cached, or failed
             pass
         except TypeError:
             raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
-        errors = self._errors
+        else:
+            self._hits += len(rks)
+            return values
+        try:
+            hits = sum(1 for rk in rks if rk in results)
+        except TypeError:
+            raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
+        self._hits += hits
+        self._misses += len(rks) - hits
+        return self._load_all_missing(keys, rks, return_exceptions)
+
+    def _load_all_missing(self, keys: List[Any], rks: List[Hashable], return_exceptions: bool) -> List[Any]:
+        """``load_all`` of keys of which some are not cached (counted by the caller)."""
+        results, errors = self._results, self._errors
         try:
             missing = [i for i, rk in enumerate(rks) if rk not in results and rk not in errors]
         except TypeError:
@@ -279,9 +327,11 @@ class Source(Generic[K, V]):
         rk = key if self._plain_result_keys else self.result_key_for(key)
         try:
             if rk in self._results:  # the GraphQL fast path: served from the cache
+                self._hits += 1
                 return Request(self, key, rk)
         except TypeError:
             raise self._unhashable("request", key) from None
+        self._misses += 1
         if rk not in self._errors:
             self._owner("request", key)._request(self, key, rk)
         return Request(self, key, rk)
@@ -376,6 +426,7 @@ class Source(Generic[K, V]):
         self._results = {}
         self._errors = {}
         self._fetching = set()
+        self._hits = self._misses = self._fetches = self._keys_fetched = self._failed = 0
         shown = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
         self._label = f"{class_name(type(self))}({', '.join(shown)})"
 
@@ -429,6 +480,8 @@ class Source(Generic[K, V]):
                 return None
             rks = [rk for rk, _ in batch]
         keys = [key for _, key in batch]
+        self._fetches += 1
+        self._keys_fetched += len(keys)
         try:
             try:
                 result = self.dataloader._call_fetch(self, keys)  # type: ignore[union-attr]
@@ -482,14 +535,19 @@ class Source(Generic[K, V]):
             if isinstance(value, Exception):
                 errors[rk] = value
                 results.pop(rk, None)
+                self._failed += 1
             else:
                 results[rk] = value
 
     def _fail(self, rks: List[Hashable], error: BaseException) -> None:
+        self._failed += len(rks)
         results, errors = self._results, self._errors
         for rk in rks:
             errors[rk] = error
             results.pop(rk, None)
+
+    def _counts(self) -> SourceStats:
+        return SourceStats(self._hits + self._misses, self._hits, self._fetches, self._keys_fetched, self._failed)
 
     def _result(self, rk: Hashable) -> Any:
         """The value of a resolved key, or raise a copy of its error."""
@@ -632,7 +690,11 @@ class Request(Generic[K, V]):
 
     def load(self) -> V:
         """The value.  May suspend the calling job until the batch is fetched."""
-        return self.source.load(self.key)
+        source = self.source  # request() counted this load: not again here
+        value = source._results.get(self.rk, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        return source._load_missing(self.key, self.rk)  # type: ignore[no-any-return]
 
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""
@@ -656,7 +718,8 @@ class RequestAll(Generic[K, V]):
 
         ``return_exceptions`` as for :meth:`Source.load_all`.
         """
-        return self.source.load_all(self.keys, return_exceptions)
+        source = self.source  # request_all() counted these loads: not again here
+        return source._load_all_missing(self.keys, [source._result_key(key) for key in self.keys], return_exceptions)
 
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""

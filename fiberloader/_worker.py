@@ -77,6 +77,7 @@ class WorkerSide:
 
     if TYPE_CHECKING:  # what the host class (Dataloader) provides
         _run: Any
+        _hooks: Any  # fiberloader._extensions.Hooks, or None
         _pending: Dict[Source, Dict[Hashable, Any]]  # type: ignore[type-arg]
         keep_greenlets: int
         eager_resume: bool
@@ -151,6 +152,12 @@ class WorkerSide:
         """Book this worker as parked (in ``parked``, if given) and wait for a resume."""
         if run.closing:
             raise GreenletExit
+        hooks = self._hooks
+        if hooks is not None and hooks.parks:  # before the booking: a hook may switch (I/O)
+            waiting = worker.waiting
+            source, keys = waiting if type(waiting) is tuple else (None, ())
+            for hook in hooks.job_suspended:
+                hook(self, source, list(keys))
         groups = worker.groups
         if groups:
             # map() loops on this stack must not stall while it waits: let
@@ -175,7 +182,13 @@ class WorkerSide:
             run.interrupted = True
             if run.concurrent:
                 self._wake(run)
+            if hooks is not None and hooks.parks:
+                for resumed in hooks.job_resumed:
+                    resumed(self)
             raise
+        if hooks is not None and hooks.parks:
+            for resumed in hooks.job_resumed:
+                resumed(self)
         if value is DEADLOCK:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
 
@@ -273,6 +286,12 @@ class WorkerSide:
             base = me.gr_context
             if base is None:  # an override that set no context: start from an empty one
                 base = Context()
+            hooks = self._hooks
+            if hooks is not None:
+                for started in hooks.fiber_started:
+                    started(self)
+                if not hooks.jobs:
+                    hooks = None  # what the loop below tests
             idle = run.idle
             concurrent = run.concurrent
             while task is not STOP and task is not KEEP:
@@ -287,7 +306,7 @@ class WorkerSide:
                         if concurrent and jobs:
                             self._want_worker(run)  # in case this job blocks in I/O
                         me.gr_context = base.copy()
-                        result = job()
+                        result = job() if hooks is None else self._hooked_job(job, hooks)
                         if result is not None:  # an async def job: say so, leave no coroutine
                             self._checked_result(job, result)
                             result = None
@@ -316,8 +335,32 @@ class WorkerSide:
             if base is not None:
                 me.gr_context = base
             if run.cleanup:
-                self.cleanup_fiber()
+                self._end_fiber()
         return task is KEEP
+
+    def _hooked_job(self, job: Callable[[], Any], hooks: Any) -> Any:
+        """``job()`` between the extensions' ``job_started`` and ``job_finished``."""
+        for hook in hooks.job_started:
+            hook(self)
+        try:
+            result = job()
+        except BaseException as error:
+            for hook in hooks.job_finished:
+                hook(self, error)
+            raise
+        for hook in hooks.job_finished:
+            hook(self, None)
+        return result
+
+    def _end_fiber(self) -> None:
+        """Last in a worker: the extensions' ``fiber_finished``, then ``cleanup_fiber``."""
+        hooks = self._hooks
+        try:
+            if hooks is not None:
+                for hook in hooks.fiber_finished:
+                    hook(self)
+        finally:
+            self.cleanup_fiber()
 
 
 # Per thread (keyed by the thread's main greenlet, which threading.local cannot

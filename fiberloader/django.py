@@ -52,8 +52,10 @@ Database connections
 Django's connections are per thread, which under gevent's monkey-patching
 (``gunicorn -k gevent``) means per greenlet: every worker greenlet of a
 dataloader would open connections of its own, and none would be closed.
-The middleware therefore runs requests in a subclass of the configured
-scheduler (:func:`with_django_connections`):
+The middleware therefore attaches the :class:`DjangoConnections` extension
+to each request's dataloader (an instance of exactly the class the setting
+names), and so does a GraphQL execution that makes its own dataloader in a
+configured Django process:
 
 * Without monkey-patching every greenlet of the thread shares the request's
   connection, as it always did; nothing changes.
@@ -98,8 +100,8 @@ from greenlet import getcurrent
 
 from ._dataloader import Dataloader
 from ._errors import ConfigurationError, FiberloaderTypeError, short_repr
-from ._settings import SETTING_NAME
-from ._settings import register_scheduler_adapter, resolve_first
+from ._extensions import Extension
+from ._settings import SETTING_NAME, framework_extensions, resolve_first
 from ._source import Source
 from ._web import JobBody, finish
 
@@ -108,7 +110,6 @@ __all__ = [
     "RecordSource",
     "AssociationSource",
     "DjangoConnections",
-    "with_django_connections",
     "SETTING_NAME",
 ]
 
@@ -124,15 +125,20 @@ def _configured_scheduler() -> Type[Dataloader]:
 # -- database connections ---------------------------------------------------------------
 
 
-class DjangoConnections(Dataloader):
-    """Mixin: worker greenlets use Django's connections without leaking any.
+class DjangoConnections(Extension):
+    """Extension: worker greenlets use Django's connections without leaking any.
 
-    Use it through :func:`with_django_connections`, which puts it in front
-    of any scheduler class.  ``run()`` notes the connection objects of the
-    calling greenlet (the request's).  Without gevent's monkey-patching every
-    greenlet of the thread sees those same objects, and the mixin does
-    nothing else.  Under monkey-patching a worker greenlet would open
-    connections of its own:
+    The middleware attaches it to every request's dataloader, and a GraphQL
+    execution that makes its own dataloader attaches it in a configured
+    Django process; attach it yourself (``Dataloader(extensions=
+    [DjangoConnections()])``) to a dataloader you run outside a request (a
+    management command, a task) under gevent's monkey-patching.
+
+    When a run starts it notes the connection objects of the calling
+    greenlet (the request's).  Without gevent's monkey-patching every
+    greenlet of the thread sees those same objects, and it does nothing
+    else.  Under monkey-patching a worker greenlet would open connections of
+    its own:
 
     * If the scheduler's workers run one at a time (``Dataloader``), each
       worker *borrows* the request's connections for as long as it lives:
@@ -141,30 +147,43 @@ class DjangoConnections(Dataloader):
     * If they overlap (``AsyncDataloader``), sharing a connection would mix
       two queries on one socket: each worker keeps its own connections.
 
-    ``cleanup_fiber``, in each worker as it ends, gives back what it
+    ``fiber_finished``, in each worker as it ends, gives back what it
     borrowed and closes every other connection it opened: none outlives its
-    request.  The request's own connections are never closed here.
+    request.  The request's own connections are never closed here.  One
+    instance may serve any number of dataloaders at once.
+
+    Args:
+        share_connections: whether workers borrow the request's connections
+            under monkey-patching; ``None``: yes unless the scheduler runs
+            workers concurrently (an ``AsyncDataloader``).
     """
 
-    #: Whether workers borrow the request's connections under monkey-patching;
-    #: ``None``: yes unless the scheduler runs workers concurrently
-    #: (an ``AsyncDataloader``).
-    share_connections: Optional[bool] = None
+    def __init__(self, share_connections: Optional[bool] = None) -> None:
+        self.share_connections = share_connections
+        # Per running dataloader: [runs under way, the request greenlet's
+        # connections by alias, worker greenlet -> aliases it borrowed].
+        self._runs: Dict[Any, List[Any]] = {}
 
-    _request_connections: Optional[Dict[str, Any]] = None
-    _borrowed: Optional[Dict[Any, List[str]]] = None
+    def run_started(self, dataloader: Any) -> None:
+        state = self._runs.get(dataloader)
+        if state is not None:  # a run_isolated: its workers use the same connections
+            state[0] += 1
+            return
+        # connections[alias] makes the (lazy, unconnected) wrapper if this
+        # greenlet has none yet: every alias then has a known owner.
+        request = None if _greenlet_local is False else {alias: connections[alias] for alias in connections}
+        self._runs[dataloader] = [1, request, {}]
 
-    def run(self) -> None:
-        if _greenlet_local is not False:
-            # connections[alias] makes the (lazy, unconnected) wrapper if this
-            # greenlet has none yet: every alias then has a known owner.
-            self._request_connections = {alias: connections[alias] for alias in connections}
-        super().run()
+    def run_finished(self, dataloader: Any, error: Optional[BaseException]) -> None:
+        state = self._runs[dataloader]
+        state[0] -= 1
+        if not state[0]:
+            del self._runs[dataloader]
 
-    def set_fiber_variables(self, variables: Any) -> None:
-        super().set_fiber_variables(variables)
+    def fiber_started(self, dataloader: Any) -> None:
         global _greenlet_local
-        request = self._request_connections
+        state = self._runs.get(dataloader)
+        request = None if state is None else state[1]
         if _greenlet_local is False or request is None:
             return  # the common case: one connection per thread, shared by its greenlets
         mine = {connection.alias: connection for connection in connections.all(initialized_only=True)}
@@ -174,30 +193,30 @@ class DjangoConnections(Dataloader):
             _greenlet_local = not any(mine.get(alias) is c for alias, c in request.items())
             if not _greenlet_local:
                 return
-        if self._shares_connections():
+        if self._shares_connections(dataloader):
             borrowed = _borrow(request, mine)
             if borrowed:
-                if self._borrowed is None:
-                    self._borrowed = {}
-                self._borrowed[getcurrent()] = borrowed
+                state[2][getcurrent()] = borrowed  # type: ignore[index]
 
-    def cleanup_fiber(self) -> None:
-        try:
-            super().cleanup_fiber()
-        finally:
-            request = self._request_connections
-            if _greenlet_local and request is not None:
-                borrowed = self._borrowed.pop(getcurrent(), None) if self._borrowed else None
-                if borrowed:
-                    _give_back(request, borrowed)
-                _close_own(request)
+    def fiber_finished(self, dataloader: Any) -> None:
+        state = self._runs.get(dataloader)
+        if not _greenlet_local or state is None or state[1] is None:
+            return
+        request = state[1]
+        borrowed = state[2].pop(getcurrent(), None)
+        if borrowed:
+            _give_back(request, borrowed)
+        _close_own(request)
 
-    def _shares_connections(self) -> bool:
+    def _shares_connections(self, dataloader: Any) -> bool:
         share = self.share_connections
         if share is None:
             concurrent = sys.modules.get("fiberloader._async")
-            share = concurrent is None or not isinstance(self, concurrent.AsyncDataloader)
+            share = concurrent is None or not isinstance(dataloader, concurrent.AsyncDataloader)
         return share
+
+    def __repr__(self) -> str:
+        return f"DjangoConnections(share_connections={self.share_connections!r})"
 
 
 #: Whether Django's connections are per greenlet (gevent's monkey-patching
@@ -243,43 +262,6 @@ def _close_own(request: Dict[str, Any]) -> None:
         raise error
 
 
-_with_connections: Dict[type, type] = {}
-
-
-def with_django_connections(scheduler: Type[Dataloader]) -> Type[Dataloader]:
-    """``scheduler`` with :class:`DjangoConnections` in front: one class per scheduler.
-
-    The middleware uses it.  Use it too for dataloaders you run outside a
-    request (a management command, a task) under gevent's monkey-patching.
-    The class keeps the scheduler's name and behaviour; ``isinstance``
-    checks against the scheduler still hold.
-    """
-    if issubclass(scheduler, DjangoConnections):
-        return scheduler
-    cls = _with_connections.get(scheduler)
-    if cls is None:
-        cls = type(
-            scheduler.__name__,
-            (DjangoConnections, scheduler),
-            {"__module__": scheduler.__module__, "__qualname__": scheduler.__qualname__,
-             "__doc__": scheduler.__doc__},
-        )
-        _with_connections[scheduler] = cls
-    return cls
-
-
-def _adapt(scheduler: Type[Dataloader]) -> Type[Dataloader]:
-    """Every scheduler resolved in a configured Django process manages its connections.
-
-    So a GraphQL execution that starts its own dataloader (a view without the
-    middleware, a management command) closes its workers' connections too.
-    """
-    return with_django_connections(scheduler) if settings.configured else scheduler
-
-
-register_scheduler_adapter(_adapt)
-
-
 # -- the middleware ---------------------------------------------------------------------
 
 
@@ -302,13 +284,14 @@ class DataloaderMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
-        #: The scheduler the setting names.
-        self.scheduler = _configured_scheduler()
-        #: What each request instantiates: the scheduler with DjangoConnections.
-        self.dataloader_class = with_django_connections(self.scheduler)
+        #: The scheduler the setting names: each request gets one of it.
+        self.dataloader_class = self.scheduler = _configured_scheduler()
+        #: Attached to every request's dataloader, after the setting's: DjangoConnections.
+        self.extensions = framework_extensions()
 
     def __call__(self, request: Any) -> Any:
         dataloader = self.dataloader_class()
+        dataloader._add_extensions(*self.extensions)
         request.dataloader = dataloader
         try:
             response = dataloader._call_as_job(lambda: self.get_response(request))

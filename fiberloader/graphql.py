@@ -93,7 +93,7 @@ from ._graphql_awaitables import (
 from ._graphql_handles import Deferred, Handles
 from ._graphql_loops import FieldsLoop, ListLoop
 from ._loops import NO_MARK, Mark, Waitable
-from ._settings import adapt_scheduler, dataloader_class
+from ._settings import dataloader_class, framework_extensions
 from ._source import Request, RequestAll
 
 __all__ = ["DataloaderExecutionContext", "DataloaderExecutor", "graphql_sync"]
@@ -158,8 +158,11 @@ class _Batching(Handles):
             if dataloader is not None and dataloader._in_job():
                 data = execute()  # already in a job: batch with it
             else:
-                scheduler = adapt_scheduler(dataloader_class(self.dataloader_setting))
-                data = scheduler.with_dataloading(lambda _: execute())
+                own = dataloader_class(self.dataloader_setting)()
+                extra = framework_extensions()  # Django's connections, in a Django process
+                if extra:
+                    own._add_extensions(*extra)
+                data = own._call_as_job(execute)
         except GraphQLError as error:  # graphql-core 3.2: a non-null error reached the root
             self._raise_if_check_sync(caller, [error, *self._errors_list()])
             raise

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ._settings import adapt_scheduler
 from ._settings import dataloader_class as _dataloader_class
+from ._settings import framework_extensions
 from ._web import ENVIRON_KEY, expose, finish, wrap_body
 
 __all__ = ["DataloaderMiddleware", "ENVIRON_KEY"]
@@ -42,10 +42,13 @@ class DataloaderMiddleware:
 
     def __init__(self, app: Callable[..., Iterable[bytes]], dataloader_class: Any = None) -> None:
         self.app = app
-        self.dataloader_class = adapt_scheduler(_dataloader_class(dataloader_class))
+        self.dataloader_class = _dataloader_class(dataloader_class)
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:  # type: ignore[type-arg]
         dataloader = self.dataloader_class()
+        extra = framework_extensions()  # Django's connections, in a Django process
+        if extra:
+            dataloader._add_extensions(*extra)
         forget = expose(environ, dataloader)
         try:
             body = dataloader._call_as_job(lambda: self.app(environ, start_response))

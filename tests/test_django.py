@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from typing import Any, Dict, List, Type
 
 import gevent
@@ -39,8 +40,8 @@ from fiberloader import (  # noqa: E402
 from fiberloader.django import (  # noqa: E402
     AssociationSource,
     DataloaderMiddleware,
+    DjangoConnections,
     RecordSource,
-    with_django_connections,
 )
 from tests.django_app import views  # noqa: E402
 from tests.django_app.models import Author, Comment, Post, Profile, Tag  # noqa: E402
@@ -271,11 +272,19 @@ def test_a_bad_environment_variable_fails_naming_it(monkeypatch: pytest.MonkeyPa
         middleware()
 
 
-def test_with_django_connections_makes_one_class_per_scheduler() -> None:
-    cls = with_django_connections(AsyncDataloader)
-    assert cls is with_django_connections(AsyncDataloader) is with_django_connections(cls)
-    assert issubclass(cls, AsyncDataloader) and cls.setting_name == "async"
-    assert with_django_connections(Dataloader) is not cls
+@pytest.mark.parametrize("name, cls", [("sync", Dataloader), ("async", AsyncDataloader), ("null", NullDataloader)])
+def test_each_request_gets_the_class_the_setting_names_with_django_connections_attached(
+    name: str, cls: Type[Dataloader], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 12: the middleware made a generated subclass that borrowed the scheduler's name."""
+    from django.conf import settings
+
+    monkeypatch.setattr(settings, "FIBERLOADER_DATALOADER", name, raising=False)
+    seen: List[Dataloader] = []
+    handler = DataloaderMiddleware(lambda request: seen.append(request.dataloader) or "response")
+    assert handler(types.SimpleNamespace()) == "response"
+    assert type(seen[0]) is cls
+    assert [type(extension) for extension in seen[0].extensions] == [DjangoConnections]
 
 
 # -- RecordSource ---------------------------------------------------------------------------
@@ -572,8 +581,15 @@ def test_a_graphql_execution_without_the_middleware_manages_django_connections(n
     from fiberloader.graphql import graphql_sync
 
     seen = []
-    query = GraphQLObjectType("Query", {"who": GraphQLField(
-        GraphQLString, resolve=lambda *_: seen.append(type(current_dataloader())) or "me")})
+    seen_extensions: List[Any] = []
+
+    def who(*_: Any) -> str:
+        seen.append(type(current_dataloader()))
+        seen_extensions.extend(current_dataloader().extensions)
+        return "me"
+
+    query = GraphQLObjectType("Query", {"who": GraphQLField(GraphQLString, resolve=who)})
     result = graphql_sync(GraphQLSchema(query), "{ who }")
     assert result.errors is None and result.data == {"who": "me"}
-    assert issubclass(seen[0], DjangoConnections) and seen[0].__name__ == "Dataloader"
+    assert seen[0] is Dataloader  # the class the setting names, not a subclass
+    assert [type(extension) for extension in seen_extensions] == [DjangoConnections]

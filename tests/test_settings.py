@@ -35,17 +35,19 @@ def test_environment_variable_is_used_when_nothing_explicit(monkeypatch: Any) ->
 
 
 def test_framework_setting_comes_before_the_environment(monkeypatch: Any) -> None:
+    from flask import Flask
+
     monkeypatch.setenv("FIBERLOADER_DATALOADER", "sync")
-    answer = {"value": "null"}
-    provider = _settings.setting_name(lambda: answer["value"], "app.config['FIBERLOADER_DATALOADER']")
-    monkeypatch.setattr(_settings, "_providers", [])
-    _settings.register_setting_provider(provider)
-    assert dataloader_class() is NullDataloader
-    answer["value"] = None  # the framework has nothing to say: fall through
-    assert dataloader_class() is Dataloader
-    answer["value"] = "nope"
-    with pytest.raises(ConfigurationError, match=r"app.config\['FIBERLOADER_DATALOADER'\] is 'nope'"):
-        dataloader_class()
+    app = Flask(__name__)
+    with app.app_context():
+        app.config["FIBERLOADER_DATALOADER"] = "null"
+        assert dataloader_class() is NullDataloader
+        app.config["FIBERLOADER_DATALOADER"] = None  # the framework has nothing to say: fall through
+        assert dataloader_class() is Dataloader
+        app.config["FIBERLOADER_DATALOADER"] = "nope"
+        with pytest.raises(ConfigurationError, match=r"app.config\['FIBERLOADER_DATALOADER'\] is 'nope'"):
+            dataloader_class()
+    assert dataloader_class() is Dataloader  # outside the app context: the environment
 
 
 @pytest.mark.parametrize("value, why", [

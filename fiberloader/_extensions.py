@@ -1,0 +1,210 @@
+"""Extensions: lifecycle and instrumentation attached to a dataloader as objects.
+
+An extension is an object whose methods the scheduler calls at fixed points
+of a run (:class:`Extension` lists them).  A dataloader gets its extensions
+when it is made, from three places, in this order:
+
+1. the class attribute ``extensions`` of its class (a subclass may set it);
+2. the ``extensions=`` argument of the constructor, or, when it is not
+   given, the ``FIBERLOADER_EXTENSIONS`` setting: the web framework's
+   (``app.config`` of the current Flask app, configured Django settings),
+   else the environment variable (paths separated by commas); each entry a
+   ``"package.module:Factory"`` path (or, in a framework's setting, the
+   factory itself) called with no argument for every new dataloader;
+3. ``$FIBERLOADER_TRACE``: a :class:`fiberloader.tracing.PerfettoTrace` of
+   that path, one per process, shared by every dataloader.
+
+The integrations add their own afterwards (Django's per-greenlet
+connections, in a configured Django process).
+
+With no extension that overrides a hook, the scheduler's hot paths test one
+attribute for ``None`` and call nothing (:func:`hooks_of`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ._errors import ConfigurationError, short_repr
+from ._settings import EXTENSIONS_SETTING, TRACE_VARIABLE, framework_setting
+
+__all__ = ["Extension", "Hooks", "HOOKS", "hooks_of", "resolve_extensions"]
+
+
+class Extension:
+    """Base class of extensions: every hook is an optional no-op.
+
+    Override the hooks you need.  Each gets the dataloader first; hooks run
+    in the greenlet named below, so ``contextvars`` set in ``fiber_started``
+    are seen by every job and fetch of that greenlet.  An exception raised
+    by a hook propagates like one raised by the code it wraps: from
+    ``job_started``, the job fails; from ``fetch_started``, the fetch does
+    (its keys get the error); from ``run_started``, ``run()`` raises.
+
+    Extensions may be shared by several dataloaders, also running at once
+    (gevent): keep per-run state keyed by the dataloader, or in
+    ``contextvars``.
+    """
+
+    def run_started(self, dataloader: Any) -> None:
+        """``run()`` (or a nested ``run_isolated``) starts, in the calling greenlet."""
+
+    def run_finished(self, dataloader: Any, error: Optional[BaseException]) -> None:
+        """That run ended (``error``: what it raises, or ``None``), in the calling greenlet."""
+
+    def fiber_started(self, dataloader: Any) -> None:
+        """First thing in every worker greenlet of a run, after ``set_fiber_variables``."""
+
+    def fiber_finished(self, dataloader: Any) -> None:
+        """Last thing in every worker greenlet of a run (also when it failed), before ``cleanup_fiber``."""
+
+    def job_started(self, dataloader: Any) -> None:
+        """A job starts, in its greenlet, in the job's own copy of the context."""
+
+    def job_finished(self, dataloader: Any, error: Optional[BaseException]) -> None:
+        """A job ended (``error``: what it raised, or ``None``), in its greenlet."""
+
+    def job_suspended(self, dataloader: Any, source: Any, keys: Sequence[Any]) -> None:
+        """A job or fetch parks on ``keys`` of ``source`` (``source`` is ``None`` for
+        ``yield_()`` and for a ``map`` waiting on its items), before it parks."""
+
+    def job_resumed(self, dataloader: Any) -> None:
+        """The parked job or fetch goes on, in its greenlet."""
+
+    def fetch_started(self, dataloader: Any, source: Any, keys: List[Any]) -> None:
+        """``source.fetch(keys)`` is about to be called, where it runs (its greenlet,
+        or a thread of gevent's pool for a ``blocking`` source under AsyncDataloader)."""
+
+    def fetch_finished(self, dataloader: Any, source: Any, keys: List[Any], error: Optional[BaseException]) -> None:
+        """That fetch returned (``error`` is ``None``) or raised ``error`` (a
+        ``FetchTimeoutError`` when it ran out of time)."""
+
+
+HOOKS = (
+    "run_started", "run_finished", "fiber_started", "fiber_finished", "job_started", "job_finished",
+    "job_suspended", "job_resumed", "fetch_started", "fetch_finished",
+)
+
+
+class Hooks:
+    """For each hook, the bound methods of the extensions that override it, in order."""
+
+    __slots__ = HOOKS + ("jobs", "parks", "fetches", "fibers")
+
+    def __init__(self, extensions: Sequence[Any]) -> None:
+        for name in HOOKS:
+            base = getattr(Extension, name)
+            methods = tuple(
+                getattr(extension, name) for extension in extensions
+                if getattr(type(extension), name, base) is not base
+            )
+            setattr(self, name, methods)
+        # What the call sites test: one attribute each.
+        self.jobs = bool(self.job_started or self.job_finished)
+        self.parks = bool(self.job_suspended or self.job_resumed)
+        self.fetches = bool(self.fetch_started or self.fetch_finished)
+        self.fibers = bool(self.fiber_started or self.fiber_finished)
+
+    def any(self) -> bool:
+        return any(getattr(self, name) for name in HOOKS)
+
+
+def hooks_of(extensions: Sequence[Any]) -> Optional[Hooks]:
+    """The hooks to call, or ``None`` when no extension overrides any."""
+    if not extensions:
+        return None
+    hooks = Hooks(extensions)
+    return hooks if hooks.any() else None
+
+
+def resolve_extensions(cls: type, given: Optional[Iterable[Any]]) -> Tuple[Any, ...]:
+    """The extensions of a new ``cls`` dataloader (see the module docstring)."""
+    found: List[Any] = list(_checked(getattr(cls, "extensions", ()), f"{cls.__name__}.extensions"))
+    if given is not None:
+        found += _checked(given, "the extensions argument")
+    else:
+        value, where = framework_setting(EXTENSIONS_SETTING)
+        if value is None:
+            value, where = os.environ.get(EXTENSIONS_SETTING) or None, f"${EXTENSIONS_SETTING}"
+        if value is not None:
+            found += [_made(factory, where) for factory in _factories(value, where)]
+    trace = os.environ.get(TRACE_VARIABLE)
+    if trace:
+        found.append(_shared_trace(trace))
+    return tuple(found)
+
+
+def _checked(extensions: Any, where: str) -> List[Any]:
+    if isinstance(extensions, (str, bytes)) or not isinstance(extensions, Iterable):
+        raise ConfigurationError(
+            f"{where} is {short_repr(extensions)}: it takes a list of extensions, "
+            "such as [fiberloader.tracing.PerfettoTrace('trace.json')]."
+        )
+    checked = list(extensions)
+    for extension in checked:
+        _check_one(extension, where)
+    return checked
+
+
+def _check_one(extension: Any, where: str) -> None:
+    if isinstance(extension, type):
+        raise ConfigurationError(
+            f"{where} holds the class {extension.__name__}, not an instance of it: pass "
+            f"{extension.__name__}() (an extension is an object whose hook methods are called)."
+        )
+    if not isinstance(extension, Extension) and not any(callable(getattr(extension, name, None)) for name in HOOKS):
+        raise ConfigurationError(
+            f"{where} holds {short_repr(extension)}, which has none of the hooks of "
+            "fiberloader.Extension. Subclass fiberloader.Extension and override the hooks you need."
+        )
+
+
+_resolved: Dict[Tuple[str, str], List[Any]] = {}  # (setting value, where) -> its factories
+
+
+def _factories(value: Any, where: str) -> List[Any]:
+    key = (value, where) if isinstance(value, str) else None
+    if key is not None and key in _resolved:
+        return _resolved[key]
+    entries = [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+    if not isinstance(entries, Iterable):
+        raise ConfigurationError(
+            f"{where} is {short_repr(value)}: it takes a list of 'package.module:Factory' paths."
+        )
+    factories = [_imported(entry, where) if isinstance(entry, str) else entry for entry in entries]
+    if key is not None:
+        _resolved[key] = factories
+    return factories
+
+
+def _imported(path: str, where: str) -> Any:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"{where} holds {path!r}, which is not a 'package.module:Factory' path. Name the "
+            "extension's class (or a function that returns one) with a colon before it."
+        )
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigurationError(f"{where} holds {path!r}, and importing it failed: {error}") from error
+
+
+def _made(factory: Any, where: str) -> Any:
+    extension = factory() if isinstance(factory, type) or (callable(factory) and not isinstance(factory, Extension)) else factory
+    _check_one(extension, where)
+    return extension
+
+
+_traces: Dict[str, Any] = {}  # $FIBERLOADER_TRACE path -> the process's PerfettoTrace
+
+
+def _shared_trace(path: str) -> Any:
+    trace = _traces.get(path)
+    if trace is None:
+        from .tracing import PerfettoTrace
+
+        trace = _traces[path] = PerfettoTrace(path)
+    return trace
