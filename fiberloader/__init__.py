@@ -19,10 +19,11 @@ from ._errors import (
     NotRunningError,
     SourceTypeError,
 )
+from ._extensions import Extension
 from ._fibers import current_dataloader
 from ._null import NullDataloader
 from ._settings import dataloader_class
-from ._source import Request, RequestAll, Source
+from ._source import Request, RequestAll, Source, SourceStats
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = (
     "Dataloader",
     "DataloaderStats",
     "DeadlockError",
+    "Extension",
     "FetchError",
     "FetchTimeoutError",
     "FiberloaderError",
@@ -43,6 +45,7 @@ __all__ = (
     "Request",
     "RequestAll",
     "Source",
+    "SourceStats",
     "SourceTypeError",
     "current_dataloader",
     "dataloader_class",
