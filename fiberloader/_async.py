@@ -35,7 +35,7 @@ their ``fetch`` run in gevent's thread pool.
 from __future__ import annotations
 
 from contextvars import copy_context
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from gevent import Timeout, get_hub
 from gevent.event import Event
@@ -61,7 +61,10 @@ class AsyncDataloader(Dataloader):
 
     setting_name = "async"
 
-    def __init__(self, *, fiber_limit: Optional[int] = None, eager_resume: Optional[bool] = None) -> None:
+    def __init__(
+        self, *, fiber_limit: Optional[int] = None, eager_resume: Optional[bool] = None,
+        extensions: Optional[Iterable[Any]] = None,
+    ) -> None:
         """
         Args:
             fiber_limit: as for :class:`Dataloader`.
@@ -72,8 +75,9 @@ class AsyncDataloader(Dataloader):
                 price of smaller batches when jobs that resumed early load
                 from a source that jobs still waiting will load from too.
                 Default: the class attribute ``eager_resume`` (``False``).
+            extensions: as for :class:`Dataloader`.
         """
-        super().__init__(fiber_limit=fiber_limit)
+        super().__init__(fiber_limit=fiber_limit, extensions=extensions)
         if eager_resume is not None:
             self.eager_resume = eager_resume
 

@@ -134,7 +134,7 @@ class DataloaderStats:
         self.reused = 0  #: kept greenlets taken from the thread's pool (keep_greenlets)
         self.max_alive = 0  #: most worker greenlets alive at once
         self._sources = sources  # the dataloader's: read, never written here
-        self._dropped = SourceStats()  # the counts of sources dropped (a request's end)
+        self._dropped: Optional[SourceStats] = None  # the counts of sources dropped (a request's end)
 
     @property
     def sources(self) -> "Dict[Source, SourceStats]":  # type: ignore[type-arg]
@@ -144,7 +144,7 @@ class DataloaderStats:
         }
 
     def _total(self, name: str) -> int:
-        total: int = getattr(self._dropped, name)
+        total: int = 0 if self._dropped is None else getattr(self._dropped, name)
         for instances in self._sources.values():
             for source in instances.values():
                 total += getattr(source._counts(), name)
@@ -158,6 +158,8 @@ class DataloaderStats:
 
     def _drop(self) -> None:
         """The dataloader drops its sources: keep their counts in the totals."""
+        if self._dropped is None:
+            self._dropped = SourceStats()
         for counts in self.sources.values():
             self._dropped.add(counts)
 
