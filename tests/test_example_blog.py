@@ -170,6 +170,23 @@ def test_every_endpoint_answers_as_the_naive_app(naive: FlaskClient, batched: Tu
         assert answer.body  # not an empty list that two broken apps could agree on
 
 
+def test_the_stats_header_says_what_the_request_dataloader_did(batched: Tuple[str, FlaskClient]) -> None:
+    """X-Fiberloader-Stats: every statement but the root query is a fetch it counted."""
+    scheduler, client = batched
+    answer = get(client, f"/api/posts?first={POSTS}")
+    totals, *per_source = answer.headers["X-Fiberloader-Stats"].split("; ")
+    counts = dict(field.split("=") for field in totals.split())
+    assert int(counts["fetches"]) == answer.sql - 1  # the posts query is not a fetch
+    assert int(counts["errors"]) == 0
+    assert int(counts["keys_fetched"]) <= int(counts["loads"])
+    sources = {line.split(": ")[0]: dict(f.split("=") for f in line.split(": ")[1].split(", ")) for line in per_source}
+    comments = sources["AssociationSource(session, Post, 'comments')"]
+    assert comments["loads"] == str(POSTS)  # one load per post
+    assert comments["keys_fetched"] == str(POSTS)
+    assert comments["fetches"] == ("1" if scheduler != "null" else str(POSTS))
+    assert sum(int(s["fetches"]) for s in sources.values()) == int(counts["fetches"])
+
+
 @pytest.mark.parametrize("first", [1, 7, POSTS])
 def test_posts_cost_at_most_five_statements_whatever_n(database: str, naive: FlaskClient,
                                                        batched: Tuple[str, FlaskClient], first: int) -> None:

@@ -15,7 +15,10 @@ With ``batching=True`` each request runs in its own dataloader
 sources written here), so ``/api/posts`` costs at most 5 SQL statements
 whatever N.  With ``batching=False`` it is the same app written the usual
 way -- lazy-loaded relationships, a query per row -- the N+1 baseline.  The
-responses are identical; the ``X-SQL-Count`` header tells the difference.
+responses are identical; the ``X-SQL-Count`` header tells the difference,
+and in batching mode ``X-Fiberloader-Stats`` says what the request's
+dataloader did (``dataloader.stats``: fetches, keys, loads, cache hits and
+errors in all and per source, the most greenlets alive).
 
 Run it (from the repository root)::
 
@@ -414,6 +417,18 @@ def _engine(database: str) -> Engine:
     return create_engine(url, connect_args={"check_same_thread": False}, pool_size=10, max_overflow=-1)
 
 
+def stats_header(dataloader: Dataloader) -> str:
+    """What the request's dataloader did: totals, then each source (``dataloader.stats``)."""
+    stats = dataloader.stats
+    parts = [
+        f"fetches={stats.fetches} keys_fetched={stats.keys_fetched} loads={stats.loads} "
+        f"cache_hits={stats.cache_hits} errors={stats.errors} max_greenlets={stats.max_alive}"
+    ]
+    for source, counts in stats.sources.items():
+        parts.append(f"{source!r}: {counts.fields()}")
+    return "; ".join(parts)
+
+
 def create_app(database: str, *, batching: bool = True, dataloader_class: Any = None) -> Flask:
     """The blog app on the SQLite file ``database``.
 
@@ -455,6 +470,9 @@ def create_app(database: str, *, batching: bool = True, dataloader_class: Any = 
         headers["X-Concurrent-Requests"] = str(blog.in_flight)  # this one included
         if batching:
             headers["X-Dataloader"] = g.get("dataloader_name", "none")
+            dataloader = current_dataloader()  # after_request runs in the request's job
+            if dataloader is not None:
+                headers["X-Fiberloader-Stats"] = stats_header(dataloader)
         return response
 
     @app.teardown_request
