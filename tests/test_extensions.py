@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, List, Type
 
 import gevent
 import pytest
 from greenlet import getcurrent
+
+from tests._hooks import Event, Recorder, hook_problems
 
 from fiberloader import (
     ConfigurationError,
@@ -17,7 +19,6 @@ from fiberloader import (
     SourceStats,
 )
 
-Event = Tuple[Any, ...]
 NOT_AN_EXTENSION = 42
 
 
@@ -26,46 +27,6 @@ class Doubles(Source):
         if any(key == "bad" for key in keys):
             return [ValueError(f"bad key {key}") if key == "bad" else key * 2 for key in keys]
         return [key * 2 for key in keys]
-
-
-class Recorder(Extension):
-    """Records every hook call with the greenlet it ran in."""
-
-    def __init__(self) -> None:
-        self.events: List[Event] = []
-
-    def _add(self, *event: Any) -> None:
-        self.events.append((*event, getcurrent()))
-
-    def run_started(self, dataloader: Any) -> None:
-        self._add("run_started")
-
-    def run_finished(self, dataloader: Any, error: Optional[BaseException]) -> None:
-        self._add("run_finished", type(error).__name__ if error else None)
-
-    def fiber_started(self, dataloader: Any) -> None:
-        self._add("fiber_started")
-
-    def fiber_finished(self, dataloader: Any) -> None:
-        self._add("fiber_finished")
-
-    def job_started(self, dataloader: Any) -> None:
-        self._add("job_started")
-
-    def job_finished(self, dataloader: Any, error: Optional[BaseException]) -> None:
-        self._add("job_finished", type(error).__name__ if error else None)
-
-    def job_suspended(self, dataloader: Any, source: Any, keys: Any) -> None:
-        self._add("job_suspended", source, list(keys))
-
-    def job_resumed(self, dataloader: Any) -> None:
-        self._add("job_resumed")
-
-    def fetch_started(self, dataloader: Any, source: Any, keys: List[Any]) -> None:
-        self._add("fetch_started", source, list(keys))
-
-    def fetch_finished(self, dataloader: Any, source: Any, keys: List[Any], error: Optional[BaseException]) -> None:
-        self._add("fetch_finished", source, list(keys), type(error).__name__ if error else None)
 
 
 def program(dl: Dataloader) -> Any:
@@ -81,38 +42,7 @@ def check_well_formed(events: List[Event], hub: Any) -> None:
     """The properties every scheduler keeps, whatever the interleaving."""
     assert events[0] == ("run_started", hub)
     assert events[-1] == ("run_finished", None, hub)
-    by_greenlet: Dict[Any, List[Event]] = {}
-    for event in events:
-        by_greenlet.setdefault(event[-1], []).append(event)
-    for greenlet, own in by_greenlet.items():
-        names = [event[0] for event in own]
-        if greenlet is not hub:
-            assert names[0] == "fiber_started" and names[-1] == "fiber_finished", names
-            assert names.count("fiber_started") == names.count("fiber_finished") == 1, names
-        # runs, jobs and fetches nest properly within a greenlet; parks happen inside a
-        # job or fetch; in a worker, a job or fetch starts only when the worker is free
-        # (or inside a nested run that this greenlet is the hub of)
-        open_: List[str] = []
-        parked = False
-        for name in names:
-            kind = name.rsplit("_", 1)[0]
-            if name in ("run_started", "job_started", "fetch_started"):
-                assert not parked, names
-                if greenlet is not hub and kind != "run":
-                    assert not open_ or open_[-1] == "run", names
-                if kind == "run" and greenlet is not hub:  # a nested run_isolated: in a job
-                    assert open_ and open_[-1] == "job", names
-                open_.append(kind)
-            elif name in ("run_finished", "job_finished", "fetch_finished"):
-                assert open_ and open_[-1] == kind and not parked, names
-                open_.pop()
-            elif name == "job_suspended":
-                assert open_ and open_[-1] in ("job", "fetch") and not parked, names
-                parked = True
-            elif name == "job_resumed":
-                assert parked, names
-                parked = False
-        assert not open_ and not parked, names
+    assert hook_problems(events, hub) == []
     # every park on keys ends only after a fetch of those keys finished
     for i, event in enumerate(events):
         if event[0] != "job_suspended" or event[1] is None:

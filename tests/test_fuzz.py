@@ -67,6 +67,7 @@ from hypothesis import strategies as st
 
 from fiberloader import AsyncDataloader, ConfigurationError, Dataloader, NullDataloader, Source
 
+from ._hooks import Recorder, hook_problems
 from ._watchdog import Hang, dump_stacks, watchdog
 
 NKEYS = 6  # keys are 0..5: small, so loads overlap and de-duplicate
@@ -565,6 +566,7 @@ class Outcome(NamedTuple):
     ctxs: List[Ctx]
     alive: List[greenlet]
     limit_used: Optional[int]
+    hooks: List[Any]  # what the Recorder extension saw
 
 
 def make_dataloader(cls: Type[Dataloader], program: Program) -> Tuple[Dataloader, Optional[int]]:
@@ -578,7 +580,9 @@ def make_dataloader(cls: Type[Dataloader], program: Program) -> Tuple[Dataloader
             cls(fiber_limit=limit)
         except ConfigurationError:
             limit = None  # below the construction minimum: not a limit this scheduler offers
-    return cls(fiber_limit=limit, **options), limit
+    # Every program runs with an extension that records every hook call:
+    # its record must keep the rules of tests/_hooks.py whatever happens.
+    return cls(fiber_limit=limit, extensions=[Recorder()], **options), limit
 
 
 SPIN_SWITCHES = 50_000  # greenlet switches in one run() that mean a spin (programs here: < 1,000)
@@ -667,7 +671,7 @@ def run_program(cls: Type[Dataloader], program: Program, deadline: float = WATCH
         settrace(previous)
     here = getcurrent()
     alive = [g for g in list(seen) if g and not g.dead and g is not here and not isinstance(g, Hub)]
-    return Outcome(world, raised, ctxs, alive, limit)
+    return Outcome(world, raised, ctxs, alive, limit, dataloader.extensions[0].events)
 
 
 # -- the properties -------------------------------------------------------------------------
@@ -832,6 +836,14 @@ def check(cls: Type[Dataloader], program: Program, outcome: Outcome, oracle: Ora
         for sid, count in calls.items():
             if count > bounds[sid]:
                 problems.append(f"S{sid[0]}{sid[1:]}: {count} fetch calls, more than the bound {bounds[sid]}")
+    # 7. the extension hooks: well formed, one fetch_started per fetch call, and
+    # a run_started per run (and per run_isolated) with its run_finished
+    problems.extend(hook_problems(outcome.hooks, getcurrent()))
+    names = [event[0] for event in outcome.hooks]
+    if names.count("fetch_started") != len(world.fetches):
+        problems.append(f"{names.count('fetch_started')} fetch_started hooks for {len(world.fetches)} fetch calls")
+    if names.count("run_started") < len(outcome.raised):
+        problems.append(f"{names.count('run_started')} run_started hooks for {len(outcome.raised)} runs")
     # 6. no greenlet alive
     if outcome.alive:
         problems.append(f"greenlets alive after run(): {outcome.alive}")
