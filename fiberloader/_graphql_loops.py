@@ -9,6 +9,7 @@ Under a concurrent scheduler the loop object exists from the start.
 
 from __future__ import annotations
 
+import sys
 from contextvars import copy_context
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,7 +21,7 @@ from ._graphql_awaitables import PLAIN
 from ._loops import SplitLoop
 from ._source import Request, RequestAll
 
-__all__ = ["ExecutionLoop", "FieldsLoop", "ListLoop"]
+__all__ = ["ExecutionLoop", "FieldsLoop", "ListLoop", "field_path", "job_field_path"]
 
 
 class ExecutionLoop(SplitLoop):
@@ -251,3 +252,53 @@ class ListLoop(ExecutionLoop):
         except Exception as raw_error:
             context._failed(raw_error, self.item_type, self.field_nodes, item_path)  # raises if non-null
             return None
+
+
+# -- for fiberloader.tracing only: which field a greenlet or a job resolves -----------
+
+# Frames that hold the path of what they resolve: function name -> (local, attribute).
+_PATH_FRAMES = {
+    "execute_field": ("path", None),  # a resolver running (or parked) in this field
+    "_complete_handle": ("path", None),  # a field or item whose resolver returned a handle
+    "_complete_deferred": ("deferred", "path"),  # a deferred field, completed after its fetch
+    "run_as_owner": ("self", "path"),  # a loop's owner, waiting for its helpers' items
+}
+
+
+def field_path() -> Optional[List[Any]]:
+    """The GraphQL path the calling greenlet is resolving now, innermost first, or ``None``.
+
+    For ``fiberloader.tracing`` (called when a job parks): walks the
+    calling greenlet's frames up to the first that resolves a field (or
+    waits for a loop's items).  Nothing in the scheduler calls it.
+    """
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        found = _PATH_FRAMES.get(frame.f_code.co_name)
+        if found is not None:
+            value = frame.f_locals.get(found[0])
+            if found[1] is not None:
+                value = getattr(value, found[1], None)
+            if isinstance(value, Path):
+                return value.as_list()
+        frame = frame.f_back
+    return None
+
+
+def job_field_path(job: Any) -> Optional[List[Any]]:
+    """The path of the first field or item a job about to start resolves, or ``None``.
+
+    For ``fiberloader.tracing``: a helper of the executor's loops (its
+    next unstarted item) or a deferred field; ``None`` for other jobs.
+    """
+    loop = getattr(job, "__self__", None)
+    if isinstance(loop, ExecutionLoop):
+        prefix = loop.path.as_list() if loop.path is not None else []
+        index = loop.next
+        if index >= len(loop.items):
+            return prefix
+        if isinstance(loop, ListLoop):
+            return prefix + [loop.offset + index]
+        return prefix + [loop.items[index][0]]
+    path = getattr(job, "path", None)
+    return path.as_list() if isinstance(path, Path) else None
