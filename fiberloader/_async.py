@@ -41,6 +41,7 @@ from gevent import Timeout, get_hub
 from gevent.event import Event
 
 from ._dataloader import Dataloader
+from ._extensions import around
 from ._run import Run
 from ._fibers import Worker
 from ._source import Source
@@ -143,7 +144,7 @@ class AsyncDataloader(Dataloader):
             hooks = self._hooks
             if hooks is None or not hooks.fetches:
                 return get_hub().threadpool.apply(context.run, (source.fetch, keys))
-            return get_hub().threadpool.apply(context.run, (self._hooked_fetch, hooks, _fetch, source, keys))
+            return get_hub().threadpool.apply(context.run, (around, hooks.fetches, (self, source, keys), _fetch, source, keys))
         return source.fetch(keys)
 
 

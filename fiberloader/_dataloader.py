@@ -104,7 +104,7 @@ from ._errors import (
     class_name,
     short_repr,
 )
-from ._extensions import Hooks, hooks_of, resolve_extensions
+from ._extensions import Hooks, around, hooks_of, resolve_extensions
 from ._fibers import CURRENT, Worker
 from ._loops import MapLoop
 from ._run import Pending, Run
@@ -398,19 +398,9 @@ class Dataloader(WorkerSide):
     def _with_run_hooks(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``, between the extensions' ``run_started`` and ``run_finished``."""
         hooks = self._hooks
-        if hooks is None:
+        if hooks is None or not hooks.runs:
             return fn(*args)
-        for hook in hooks.run_started:
-            hook(self)
-        try:
-            result = fn(*args)
-        except BaseException as error:
-            for hook in hooks.run_finished:
-                hook(self, error)
-            raise
-        for hook in hooks.run_finished:
-            hook(self, None)
-        return result
+        return around(hooks.runs, (self,), fn, *args)  # type: ignore[no-any-return]
 
     def run_isolated(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` as the only job, to completion, now; return its result.
@@ -543,21 +533,7 @@ class Dataloader(WorkerSide):
         hooks = self._hooks
         if hooks is None or not hooks.fetches:
             return self._timed_fetch(source, keys)
-        return self._hooked_fetch(hooks, self._timed_fetch, source, keys)
-
-    def _hooked_fetch(self, hooks: Hooks, fetch: Callable[[Any, List[Any]], Any], source: Any, keys: List[Any]) -> Any:
-        """``fetch(source, keys)`` between ``fetch_started`` and ``fetch_finished``."""
-        for hook in hooks.fetch_started:
-            hook(self, source, keys)
-        try:
-            result = fetch(source, keys)
-        except BaseException as error:
-            for hook in hooks.fetch_finished:
-                hook(self, source, keys, error)
-            raise
-        for hook in hooks.fetch_finished:
-            hook(self, source, keys, None)
-        return result
+        return around(hooks.fetches, (self, source, keys), self._timed_fetch, source, keys)
 
     def _timed_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         """Call ``source.fetch(keys)``; fail it if it returns after its ``fetch_timeout``.

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ._errors import ConfigurationError, short_repr
 from ._settings import EXTENSIONS_SETTING, TRACE_VARIABLE, framework_setting
 
-__all__ = ["Extension", "Hooks", "HOOKS", "hooks_of", "resolve_extensions"]
+__all__ = ["Extension", "Hooks", "HOOKS", "around", "hooks_of", "resolve_extensions"]
 
 
 class Extension:
@@ -91,24 +91,66 @@ HOOKS = (
 class Hooks:
     """For each hook, the bound methods of the extensions that override it, in order."""
 
-    __slots__ = HOOKS + ("jobs", "parks", "fetches", "fibers")
+    __slots__ = HOOKS + ("runs", "jobs", "parks", "fetches", "fibers")
 
     def __init__(self, extensions: Sequence[Any]) -> None:
         for name in HOOKS:
-            base = getattr(Extension, name)
-            methods = tuple(
-                getattr(extension, name) for extension in extensions
-                if getattr(type(extension), name, base) is not base
-            )
-            setattr(self, name, methods)
-        # What the call sites test: one attribute each.
-        self.jobs = bool(self.job_started or self.job_finished)
+            setattr(self, name, tuple(_overridden(extension, name) for extension in extensions if _overridden(extension, name)))
+        # What the call sites test and pass to around(): per extension that
+        # overrides either hook of a pair, its (started, finished), None for a no-op.
+        self.runs = _pairs(extensions, "run")
+        self.jobs = _pairs(extensions, "job")
+        self.fetches = _pairs(extensions, "fetch")
         self.parks = bool(self.job_suspended or self.job_resumed)
-        self.fetches = bool(self.fetch_started or self.fetch_finished)
         self.fibers = bool(self.fiber_started or self.fiber_finished)
 
     def any(self) -> bool:
         return any(getattr(self, name) for name in HOOKS)
+
+
+def _overridden(extension: Any, name: str) -> Any:
+    """The extension's bound hook ``name``, or None when it is the base class's no-op."""
+    base = getattr(Extension, name)
+    return getattr(extension, name) if getattr(type(extension), name, base) is not base else None
+
+
+def _pairs(extensions: Sequence[Any], what: str) -> Tuple[Tuple[Any, Any], ...]:
+    pairs = ((_overridden(e, f"{what}_started"), _overridden(e, f"{what}_finished")) for e in extensions)
+    return tuple(pair for pair in pairs if pair != (None, None))
+
+
+def around(pairs: Sequence[Tuple[Any, Any]], head: Tuple[Any, ...], fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` between the ``*_started(*head)`` and ``*_finished(*head, error)`` of ``pairs``.
+
+    An extension whose ``started`` ran gets its ``finished``, also when a
+    later extension's ``started`` or ``fn`` raised (with that error); every
+    ``finished`` runs even if an earlier one raised, and the first error
+    raised by a hook then propagates (after ``fn``'s own, if it raised).
+    """
+    entered = 0
+    try:
+        for started, _ in pairs:
+            if started is not None:
+                started(*head)
+            entered += 1
+        result = fn(*args)
+    except BaseException as error:
+        _finish(pairs[:entered], head, error)
+        raise
+    _finish(pairs, head, None)
+    return result
+
+
+def _finish(pairs: Sequence[Tuple[Any, Any]], head: Tuple[Any, ...], error: Optional[BaseException]) -> None:
+    failure: Optional[BaseException] = None
+    for _, finished in pairs:
+        if finished is not None:
+            try:
+                finished(*head, error)
+            except BaseException as raised:
+                failure = failure or raised
+    if failure is not None:
+        raise failure
 
 
 def hooks_of(extensions: Sequence[Any]) -> Optional[Hooks]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Deque, Hashable, Iterable, List, Optional, Seq
 
 
 from ._dataloader import Dataloader
+from ._extensions import around
 from ._errors import DeadlockError, FiberloaderError, short_repr
 from ._fibers import CURRENT
 from ._source import Source
@@ -57,15 +58,14 @@ class NullDataloader(Dataloader):
         batching schedulers.
         """
         hooks = self._hooks
-        if hooks is not None and not hooks.jobs:
-            hooks = None
+        pairs = None if hooks is None else hooks.jobs or None
         try:
             while jobs:
                 job = jobs.popleft()
-                if hooks is None:
+                if pairs is None:
                     result = context.copy().run(job)
                 else:
-                    result = context.copy().run(self._hooked_job, job, hooks)
+                    result = context.copy().run(around, pairs, (self,), job)
                 self._checked_result(job, result)
         except BaseException:
             jobs.clear()

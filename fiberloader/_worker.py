@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional,
 from greenlet import GreenletExit, getcurrent
 
 from ._errors import NotRunningError, short_repr
+from ._extensions import around
 from ._fibers import Cancelled, Worker, copy_error
 from ._loops import Mark
 from ._source import Source
@@ -290,8 +291,7 @@ class WorkerSide:
             if hooks is not None:
                 for started in hooks.fiber_started:
                     started(self)
-                if not hooks.jobs:
-                    hooks = None  # what the loop below tests
+                hooks = hooks.jobs or None  # what the loop below passes to around()
             idle = run.idle
             concurrent = run.concurrent
             while task is not STOP and task is not KEEP:
@@ -306,7 +306,7 @@ class WorkerSide:
                         if concurrent and jobs:
                             self._want_worker(run)  # in case this job blocks in I/O
                         me.gr_context = base.copy()
-                        result = job() if hooks is None else self._hooked_job(job, hooks)
+                        result = job() if hooks is None else around(hooks, (self,), job)
                         if result is not None:  # an async def job: say so, leave no coroutine
                             self._checked_result(job, result)
                             result = None
@@ -337,20 +337,6 @@ class WorkerSide:
             if run.cleanup:
                 self._end_fiber()
         return task is KEEP
-
-    def _hooked_job(self, job: Callable[[], Any], hooks: Any) -> Any:
-        """``job()`` between the extensions' ``job_started`` and ``job_finished``."""
-        for hook in hooks.job_started:
-            hook(self)
-        try:
-            result = job()
-        except BaseException as error:
-            for hook in hooks.job_finished:
-                hook(self, error)
-            raise
-        for hook in hooks.job_finished:
-            hook(self, None)
-        return result
 
     def _end_fiber(self) -> None:
         """Last in a worker: the extensions' ``fiber_finished``, then ``cleanup_fiber``."""

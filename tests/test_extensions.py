@@ -321,3 +321,25 @@ def test_stats_totals_outlive_the_sources_a_request_drops() -> None:
     dl._end_request()
     assert dl.stats.sources == {}
     assert (dl.stats.loads, dl.stats.fetches, dl.stats.keys_fetched) == (2, 1, 2)
+
+
+def test_an_extension_whose_started_hook_ran_gets_its_finished_hook_when_a_later_one_fails(
+    any_scheduler: Type[Dataloader], no_leaked_greenlets: None,
+) -> None:
+    """Paired hooks stay paired: a span opened in job_started is closed, whatever comes after."""
+    first = Recorder()
+    dl = any_scheduler(extensions=[first, raising("job_started")])
+    dl.append_job(lambda: dl.with_(Doubles).load(1))
+    with pytest.raises(RuntimeError, match="job_started failed"):
+        dl.run()
+    jobs = [event[:-1] for event in first.events if event[0].startswith("job_")]
+    assert jobs == [("job_started",), ("job_finished", "RuntimeError")]
+
+
+def test_every_finished_hook_runs_even_if_an_earlier_one_raised(any_scheduler: Type[Dataloader]) -> None:
+    last = Recorder()
+    dl = any_scheduler(extensions=[raising("fetch_finished"), last])
+    dl.append_job(lambda: dl.with_(Doubles).load(1))
+    with pytest.raises(RuntimeError, match="fetch_finished failed"):
+        dl.run()
+    assert [event[0] for event in last.events if event[0].startswith("fetch")] == ["fetch_started", "fetch_finished"]
