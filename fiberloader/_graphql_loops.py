@@ -63,9 +63,11 @@ class ExecutionLoop(SplitLoop):
         self.failed_at = len(items)
         self.started = 0
         self.prefix = 0  # items the owner put straight into the container
-        # Helpers run in a copy of the owner's contextvars as they are when the
-        # helper starts (a request's state set before the query ran, say).
-        self.variables = owner.gr_context
+        # Helpers run in a copy of the owner's contextvars as they were when
+        # the loop started: what a resolver of the owner sets while it runs
+        # (a span it is inside when it parks) is not the siblings' context.
+        context_now = owner.gr_context
+        self.variables = None if context_now is None else context_now.copy()
 
     def work(self) -> None:
         """A helper's part, in a copy of the owner's context."""
@@ -173,10 +175,15 @@ class FieldsLoop(ExecutionLoop):
     @classmethod
     def from_mark(
         cls, run: Any, worker: Worker, context: Any, parent_type: Any, source: Any, path: Any,
-        unstarted: Any, extra: Tuple[Any, ...],
+        unstarted: Any, extra: Tuple[Any, ...], variables: Any,
     ) -> "FieldsLoop":
-        """The fields the owner has not started yet, taken from its iterator."""
-        return cls(context, run, worker, parent_type, source, path, list(unstarted), extra)
+        """The fields the owner has not started yet, taken from its iterator.
+
+        ``variables``: the owner's context when its loop started.
+        """
+        loop = cls(context, run, worker, parent_type, source, path, list(unstarted), extra)
+        loop.variables = variables
+        return loop
 
     def key_of(self, index: int) -> Any:
         return self.items[index][0]
@@ -219,12 +226,13 @@ class ListLoop(ExecutionLoop):
     @classmethod
     def from_mark(
         cls, run: Any, worker: Worker, context: Any, item_type: Any, field_nodes: Any, info: Any,
-        path: Any, items: List[Any], extra: Tuple[Any, ...], values: List[Any],
+        path: Any, items: List[Any], extra: Tuple[Any, ...], values: List[Any], variables: Any,
     ) -> "ListLoop":
         """The items after the one the owner is running (the ``len(values)``-th)."""
         offset = len(values) + 1
         loop = cls(context, run, worker, item_type, field_nodes, info, path, items[offset:], extra)
         loop.offset = offset
+        loop.variables = variables  # the owner's context when its loop started
         return loop
 
     def key_of(self, index: int) -> Any:

@@ -223,7 +223,10 @@ class _Batching(Handles):
         else:
             results = {}
             unstarted = iter(fields.items())
-            mark = Mark(FieldsLoop.from_mark, (self, parent_type, source, path, unstarted, extra))
+            # The context as the loop starts: helpers run the unstarted fields in
+            # it, not in what a parked resolver has set since (its span, say).
+            variables = worker.gr_context.copy()
+            mark = Mark(FieldsLoop.from_mark, (self, parent_type, source, path, unstarted, extra, variables))
             groups = worker.groups
             groups.append(mark)
             type_name = parent_type.name
@@ -295,7 +298,8 @@ class _Batching(Handles):
         else:
             values = []
             if splittable:
-                mark = Mark(ListLoop.from_mark, (self, item_type, field_nodes, info, path, items, extra, values))
+                variables = worker.gr_context.copy()  # as the loop starts (see execute_fields)
+                mark = Mark(ListLoop.from_mark, (self, item_type, field_nodes, info, path, items, extra, values, variables))
                 groups = worker.groups
                 groups.append(mark)
             else:  # nothing can take it over: no mark to make

@@ -326,6 +326,37 @@ def test_resolvers_see_the_context_of_the_code_that_runs_the_query(scheduler: An
     assert {value for _, value in seen} == {"request 7"}
 
 
+def test_what_a_parked_resolver_sets_in_its_context_is_not_its_siblings_context(any_scheduler: Any) -> None:
+    """A resolver that parks inside ``with span:`` (a ContextVar set around its load) must
+    not leak that value into the sibling fields and items that helpers take over: they
+    ran in a copy of the owner's context as it was when the owner parked (now: as
+    it was when the loop started)."""
+    seen: List[Any] = []
+    schema = make_schema()
+    post = schema.get_type("Post")
+
+    def author(p: Any, info: Any) -> Any:
+        seen.append(("author", p["id"], REQUEST_ID.get()))
+        token = REQUEST_ID.set(f"inside author {p['id']}")
+        try:
+            return load(Users, p["author_id"])
+        finally:
+            REQUEST_ID.reset(token)
+
+    post.fields["author"].resolve = author  # type: ignore[union-attr]
+    post.fields["title"].resolve = lambda p, info: (seen.append(("title", p["id"], REQUEST_ID.get())), p["title"])[1]  # type: ignore[union-attr]
+
+    def view(dl: Any) -> Any:
+        REQUEST_ID.set("request 7")
+        return execute(schema, parse("{ posts(first: 4) { author { name } title } }"),
+                       **{CONTEXT: DataloaderExecutionContext})
+
+    result = any_scheduler.with_dataloading(view)
+    assert result.errors is None
+    assert len(seen) == 8
+    assert {value for _, _, value in seen} == {"request 7"}, seen
+
+
 def test_resolvers_may_load_several_times_in_sequence_and_in_loops() -> None:
     schema = GraphQLSchema(GraphQLObjectType("Query", {
         "chain": GraphQLField(GraphQLList(GraphQLString), resolve=lambda _, info: [
