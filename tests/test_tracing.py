@@ -550,7 +550,7 @@ def test_read_trace_takes_open_closed_and_object_files(tmp_path: Path) -> None:
 
 
 def test_the_render_script_draws_a_trace(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (the test extra has it: a missing one fails here)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "render_trace.py"
     spec = importlib.util.spec_from_file_location("render_trace", script)
     assert spec is not None and spec.loader is not None
@@ -558,4 +558,6 @@ def test_the_render_script_draws_a_trace(tmp_path: Path) -> None:
     spec.loader.exec_module(render_trace)
     run_program(Dataloader, tmp_path / "trace.json")
     assert render_trace.main([str(tmp_path / "trace.json"), str(tmp_path / "trace.png")]) == 0
+    assert (tmp_path / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "trace.png").stat().st_size > 10_000  # more than an empty canvas
     assert (tmp_path / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
