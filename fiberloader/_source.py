@@ -290,21 +290,20 @@ class Source(Generic[K, V]):
         else:
             self._hits += len(rks)
             return values
-        try:
-            hits = sum(1 for rk in rks if rk in results)
-        except TypeError:
-            raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
-        self._hits += hits
-        self._misses += len(rks) - hits
-        return self._load_all_missing(keys, rks, return_exceptions)
+        return self._load_all_missing(keys, rks, return_exceptions, counted=False)
 
-    def _load_all_missing(self, keys: List[Any], rks: List[Hashable], return_exceptions: bool) -> List[Any]:
-        """``load_all`` of keys of which some are not cached (counted by the caller)."""
+    def _load_all_missing(self, keys: List[Any], rks: List[Hashable], return_exceptions: bool, counted: bool) -> List[Any]:
+        """``load_all`` of keys of which some are not cached; counts them unless ``counted``."""
         results, errors = self._results, self._errors
         try:
             missing = [i for i, rk in enumerate(rks) if rk not in results and rk not in errors]
         except TypeError:
             raise self._unhashable("load_all", self._first_unhashable(keys, rks)) from None
+        if not counted:
+            failed = sum(1 for rk in rks if rk in errors) if errors else 0
+            hits = len(rks) - len(missing) - failed  # values served from the cache
+            self._hits += hits
+            self._misses += len(rks) - hits
         while missing:
             dataloader = self._owner("load_all", keys[missing[0]])
             if len(missing) == len(rks):  # none cached: _wait sees every key resolved
@@ -427,6 +426,11 @@ class Source(Generic[K, V]):
         self._errors = {}
         self._fetching = set()
         self._hits = self._misses = self._fetches = self._keys_fetched = self._failed = 0
+        # The hot paths read these through the instance: a copy in its own
+        # dict is a specialized attribute load on CPython 3.11, a class
+        # attribute is not.
+        self._plain_result_keys = type(self)._plain_result_keys
+        self._plain_fetch_keys = type(self)._plain_fetch_keys
         shown = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
         self._label = f"{class_name(type(self))}({', '.join(shown)})"
 
@@ -719,7 +723,8 @@ class RequestAll(Generic[K, V]):
         ``return_exceptions`` as for :meth:`Source.load_all`.
         """
         source = self.source  # request_all() counted these loads: not again here
-        return source._load_all_missing(self.keys, [source._result_key(key) for key in self.keys], return_exceptions)
+        rks = [source._result_key(key) for key in self.keys]
+        return source._load_all_missing(self.keys, rks, return_exceptions, counted=True)
 
     def ready(self) -> bool:
         """Whether ``load()`` would return (or raise) now, without waiting."""
