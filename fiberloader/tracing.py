@@ -74,7 +74,7 @@ from typing import Any, Dict, Hashable, List, Optional, Set, Tuple
 from greenlet import getcurrent
 
 from ._errors import class_name, short_repr
-from ._extensions import Extension
+from ._extensions import Extension, around
 
 try:  # POSIX: processes appending to one file take turns
     import fcntl
@@ -667,14 +667,12 @@ def _starting_job_path() -> Optional[List[Any]]:
     if graphql is None:  # no GraphQL execution in this process
         return None
     frame = sys._getframe(2)  # this <- job_started <- around(pairs, (dataloader,), job)
-    local = _JOB_LOCALS.get(frame.f_code.co_name)
-    if local is None:
+    if frame.f_code is not _AROUND:
         return None
-    return graphql.job_field_path(frame.f_locals.get(local))  # type: ignore[no-any-return]
+    return graphql.job_field_path(frame.f_locals.get("fn"))  # type: ignore[no-any-return]
 
 
-# The frames that call job_started, and their local holding the job.
-_JOB_LOCALS = {"around": "fn", "_hooked_job": "job"}
+_AROUND = around.__code__  # the frame that calls job_started: its fn is the job
 
 
 _main_thread = _native_ident()  # the thread that imported this module: the one whose greenlets run jobs
