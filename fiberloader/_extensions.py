@@ -93,6 +93,18 @@ class Hooks:
 
     __slots__ = HOOKS + ("runs", "jobs", "parks", "fetches", "fibers")
 
+    # Set in __init__ (for mypy: the slots are made from HOOKS).
+    run_started: Tuple[Any, ...]
+    run_finished: Tuple[Any, ...]
+    fiber_started: Tuple[Any, ...]
+    fiber_finished: Tuple[Any, ...]
+    job_started: Tuple[Any, ...]
+    job_finished: Tuple[Any, ...]
+    job_suspended: Tuple[Any, ...]
+    job_resumed: Tuple[Any, ...]
+    fetch_started: Tuple[Any, ...]
+    fetch_finished: Tuple[Any, ...]
+
     def __init__(self, extensions: Sequence[Any]) -> None:
         for name in HOOKS:
             setattr(self, name, tuple(_overridden(extension, name) for extension in extensions if _overridden(extension, name)))

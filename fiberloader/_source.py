@@ -177,8 +177,8 @@ class Source(Generic[K, V]):
 
     # Set per subclass: whether the identity hooks are overridden, so the
     # hot paths can skip a method call per key.
-    _plain_result_keys: ClassVar[bool] = True
-    _plain_fetch_keys: ClassVar[bool] = True
+    _plain_result_keys: bool = True  # copied into each instance by _attach
+    _plain_fetch_keys: bool = True
     _plain_batch_key: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -256,7 +256,7 @@ class Source(Generic[K, V]):
             self._hits += 1
             return value  # type: ignore[no-any-return]
         self._misses += 1
-        return self._load_missing(key, rk)
+        return self._load_missing(key, rk)  # type: ignore[no-any-return]
 
     def _load_missing(self, key: Any, rk: Hashable) -> Any:
         """``load`` of a key whose value is not cached (counted by the caller)."""
