@@ -257,6 +257,10 @@ class RecordSource(Source[Any, Any]):
         #: The attribute name of the column keys are values of.
         self.column = _column_name(self.mapper, model, column, "RecordSource")
         self._from_str = _string_cast(self.mapper, self.column)
+        # Keys of a single-column primary key can be found in the session's
+        # identity map first, as session.get() does.
+        primary_key = self.mapper.primary_key
+        self._by_identity = len(primary_key) == 1 and self.mapper.get_property_by_column(primary_key[0]).key == self.column
 
     @classmethod
     def batch_key_for(cls, session: Any, model: type, column: Any = None) -> Hashable:
@@ -277,12 +281,14 @@ class RecordSource(Source[Any, Any]):
 
     def fetch(self, keys: List[Any]) -> List[Any]:
         values = [key for key in keys if key is not None]  # NULL IN (...) matches no row
+        found: Dict[Any, Any] = {}
+        if self._by_identity:  # what the session holds needs no SQL
+            values = self._from_identity_map(values, found)
         if not values:
-            return [None] * len(keys)
+            return [found.get(key) for key in keys]
         statement: Any = select(self.model).where(getattr(self.model, self.column).in_(values))
         with _turn(self):
             records = self.session.scalars(statement).unique().all()
-        found: Dict[Any, Any] = {}
         counts: Dict[Any, int] = {}
         for record in records:
             value = getattr(record, self.column)
@@ -293,6 +299,30 @@ class RecordSource(Source[Any, Any]):
         if not counts:
             return [found.get(key) for key in keys]
         return [self._several(key, counts[key]) if key in counts else found.get(key) for key in keys]
+
+    def _from_identity_map(self, values: List[Any], found: Dict[Any, Any]) -> List[Any]:
+        """Put the records the session holds into ``found``; return the other values.
+
+        As ``session.get()``: an instance in the identity map is returned as
+        it is, unless it is expired (then it is selected again, which also
+        tells whether its row still exists) or deleted.
+        """
+        identity_map = self.session.identity_map
+        if not identity_map:
+            return values
+        identity_key = self.mapper.identity_key_from_primary_key
+        rest = []
+        for value in values:
+            instance = identity_map.get(identity_key((value,)))
+            if instance is None or not isinstance(instance, self.model):
+                rest.append(value)
+                continue
+            state: InstanceState[Any] = sa_inspect(instance)
+            if state.expired or state.deleted or state.was_deleted:
+                rest.append(value)
+            else:
+                found[value] = instance
+        return rest
 
     def _several(self, key: Any, count: int) -> MultipleRecordsError:
         model = self.model.__name__

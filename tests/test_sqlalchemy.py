@@ -46,6 +46,7 @@ from fiberloader import (
     Dataloader,
     FiberloaderError,
     KeyTypeError,
+    NullDataloader,
     SourceTypeError,
 )
 from fiberloader.sqlalchemy import (
@@ -290,6 +291,50 @@ def test_record_source_one_select_per_batch_in_key_order(scheduler: Type[Dataloa
     assert tuple(parameters) == (3, 1, 99)  # de-duplicated, in request order, no NULL
     assert session.get(User, 3) is users[0]  # the session's own instances
     assert db.count() == 1
+
+
+def test_record_source_takes_what_the_session_holds_from_its_identity_map(any_scheduler: Type[Dataloader],
+                                                                          db: Database, session: Session) -> None:
+    """As session.get(): records the session holds need no SQL (they were selected again)."""
+    held = list(session.scalars(select(User).where(User.id.in_([1, 2])).order_by(User.id)))
+    db.reset()
+    users = any_scheduler.with_dataloading(
+        lambda dl: dl.map(dl.with_(RecordSource, session, User).load, [2, 3, 1, 99]))
+    assert users[0] is held[1] and users[2] is held[0] and users[1].name == "linus" and users[3] is None
+    queried = [tuple(parameters) for statement, parameters in db.statements]
+    if any_scheduler is NullDataloader:
+        assert queried == [(3,), (99,)]
+    else:
+        assert queried == [(3, 99)]  # only what the session did not hold
+
+
+def test_record_source_selects_expired_and_deleted_records_again(scheduler: Type[Dataloader], db: Database,
+                                                                  session: Session) -> None:
+    ada, grace, linus = session.scalars(select(User).where(User.id.in_([1, 2, 3])).order_by(User.id))
+    first, second = session.scalars(select(Profile).order_by(Profile.id))
+    session.expire(ada)  # as after a commit: session.get() would select it again
+    session.delete(second)
+    session.flush()  # its row is gone
+    db.reset()
+
+    def job(dl: Dataloader) -> Any:
+        return dl.with_(RecordSource, session, User).load_all([1, 2]), dl.with_(RecordSource, session, Profile).load_all([1, 2])
+
+    users, profiles = scheduler.with_dataloading(job)
+    assert users == [ada, grace] and profiles == [first, None]
+    queried = sorted(tuple(parameters) for statement, parameters in db.statements)
+    assert queried == [(1,), (2,)]  # ada (expired) and the deleted profile; grace and profile 1 held
+
+
+def test_many_to_one_of_targets_the_session_holds_needs_no_sql(any_scheduler: Type[Dataloader], db: Database,
+                                                               session: Session) -> None:
+    """A back reference (users -> posts -> author): the authors are the users the root query loaded."""
+    users = list(session.scalars(select(User).order_by(User.id)))
+    posts = all_posts(db, session)
+    authors = load_each(any_scheduler, session, Post, "author", posts)
+    assert [author and author.id for author in authors] == [1, 2, 1, None]
+    assert authors[0] is users[0] and authors[1] is users[1]
+    assert db.count() == 0
 
 
 def test_record_source_values_are_the_same_under_every_scheduler(any_scheduler: Type[Dataloader],
@@ -828,9 +873,10 @@ def test_async_fetches_take_turns_on_one_session(db: Database) -> None:
         scheduler: Type[Dataloader] = getattr(fiberloader, "AsyncDataloader")
         return scheduler.with_dataloading(run)
 
-    with Session(db.engine) as first, Session(db.engine) as second:
+    with Session(db.engine) as first, Session(db.engine) as second, Session(db.engine) as third:
         assert job(first, first) == [1, 1, 1]
         assert active[1] == 1  # one session: one statement at a time
         active[1] = 0
-        assert job(second, first) == [1, 1, 1]  # fresh caches
+        # fresh caches, and sessions whose identity maps do not hold the records yet
+        assert job(second, third) == [1, 1, 1]
         assert active[1] == 2  # two sessions: their statements overlap
