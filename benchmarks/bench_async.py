@@ -28,11 +28,13 @@ http
 sleep
     ``time.sleep(t)``, standing in for a driver that blocks in C.  The
     fiberloader source sets ``blocking = True``, so ``AsyncDataloader`` runs
-    its ``fetch`` in gevent's hub thread pool (10 threads by default).  The
-    aiodataloader batch function awaits ``loop.run_in_executor(None, ...)``:
-    asyncio's default executor, which has ``min(32, os.cpu_count() + 4)``
-    threads.  Both pools are shown at their default sizes, and again
-    resized to 16 threads (the ``pool 16`` rows).
+    its ``fetch`` in a thread pool of its own that grows to the round's
+    blocking fetches (up to ``AsyncDataloader.blocking_threads``, 32).  The
+    floor goes through gevent's hub thread pool (10 threads by default).
+    The aiodataloader batch function awaits ``loop.run_in_executor(None,
+    ...)``: asyncio's default executor, which has ``min(32, os.cpu_count() +
+    4)`` threads, shown at its default size and again resized to 16 threads
+    (the ``pool 16`` row).
 
 Variants:
 
@@ -348,12 +350,6 @@ class Variant:
 VARIANTS = [
     Variant("floor: k bare gevent greenlets", gevent_session(floor_once)),
     Variant("AsyncDataloader", gevent_session(fiberloader_once, AsyncDataloader), target=True),
-    Variant(
-        f"AsyncDataloader, pool {RESIZED_POOL}",
-        gevent_session(fiberloader_once, AsyncDataloader, pool=RESIZED_POOL),
-        target=True,
-        blocking_only=True,
-    ),
     Variant("Dataloader", gevent_session(fiberloader_once, Dataloader)),
     Variant("NullDataloader", gevent_session(fiberloader_once, NullDataloader)),
     Variant("aiodataloader", aiodataloader_session()),

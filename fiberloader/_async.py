@@ -29,16 +29,18 @@ A job that blocks in I/O while others wait: a worker that takes a job while
 more are queued asks the hub (once) for a helper, which the hub starts only
 if the first worker blocks -- so jobs that never block still run in one
 greenlet, and jobs that do overlap.  Sources with ``blocking = True`` have
-their ``fetch`` run in gevent's thread pool.
+their ``fetch`` run in a thread of fiberloader's own pool.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextvars import copy_context
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from gevent import Timeout, get_hub
 from gevent.event import Event
+from gevent.threadpool import ThreadPool
 
 from ._dataloader import Dataloader
 from ._extensions import around
@@ -57,10 +59,18 @@ class AsyncDataloader(Dataloader):
     ``gevent.monkey.patch_all()``, or a driver that supports gevent
     (psycopg 3 with patched sockets).  Mark a source ``blocking = True`` when
     its driver blocks in C (sqlite3, most others): its ``fetch`` then runs in
-    gevent's thread pool (ten threads by default) and still overlaps.
+    a thread pool of fiberloader's own (up to ``blocking_threads``) and still overlaps.
     """
 
     setting_name = "async"
+    #: The most threads that run ``blocking`` fetches at once, per thread
+    #: that runs dataloaders.  They come from a pool of fiberloader's own (one
+    #: per thread and size), not gevent's process-wide one (10 threads), so a
+    #: round's blocking fetches all overlap up to this many.  A thread idle
+    #: for ``blocking_idle_seconds`` ends; ``release_blocking_threads()``
+    #: ends them now.
+    blocking_threads = 32
+    blocking_idle_seconds = 10.0
 
     def __init__(
         self, *, fiber_limit: Optional[int] = None, eager_resume: Optional[bool] = None,
@@ -141,11 +151,38 @@ class AsyncDataloader(Dataloader):
     def _fetch_now(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         if source.blocking:
             context = copy_context()  # a thread starts with an empty one
+            pool = self._blocking_pool()
             hooks = self._hooks
             if hooks is None or not hooks.fetches:
-                return get_hub().threadpool.apply(context.run, (source.fetch, keys))
-            return get_hub().threadpool.apply(context.run, (around, hooks.fetches, (self, source, keys), _fetch, source, keys))
+                return pool.apply(context.run, (source.fetch, keys))
+            return pool.apply(context.run, (around, hooks.fetches, (self, source, keys), _fetch, source, keys))
         return source.fetch(keys)
+
+    def _blocking_pool(self) -> ThreadPool:
+        """The calling thread's pool of ``blocking_threads`` threads (made on first use)."""
+        hub = get_hub()
+        pools = _pools.get(hub)
+        if pools is None:
+            pools = _pools[hub] = {}
+        size = self.blocking_threads
+        pool = pools.get(size)
+        if pool is None:
+            pool = pools[size] = ThreadPool(size, hub=hub, idle_task_timeout=self.blocking_idle_seconds)
+        return pool
+
+    @classmethod
+    def release_blocking_threads(cls) -> int:
+        """End the calling thread's threads for this class's blocking fetches; returns how many."""
+        pool = _pools.get(get_hub(), {}).pop(cls.blocking_threads, None)
+        if pool is None:
+            return 0
+        count = pool.size
+        pool.kill()
+        return count
+
+
+# Per gevent hub (one per thread), per size: fiberloader's pools for blocking fetches.
+_pools: "weakref.WeakKeyDictionary[Any, Dict[int, ThreadPool]]" = weakref.WeakKeyDictionary()
 
 
 def _fetch(source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]

@@ -79,7 +79,7 @@ the source overrides ``normalize_fetch_key`` or ``result_key_for``.
 
 The fetch span is the current span inside ``fetch`` (attached in
 ``fetch_started``, detached in ``fetch_finished``: a fetch runs in its own
-copy of the run's ``contextvars`` context, also in gevent's thread pool), so
+copy of the run's ``contextvars`` context, also in a blocking fetch's pool thread), so
 the spans its code starts (a database driver's) are its children, and the
 fetches of the sources it loads from are too.
 

@@ -68,7 +68,7 @@ def live_greenlets() -> List[greenlet]:
         # type(), not isinstance(): that would evaluate lazy objects (Django's)
         if issubclass(type(obj), greenlet) and obj and not obj.dead and obj is not current
         and not issubclass(type(obj), Hub)  # gevent's hub lives as long as its thread
-        # gevent's thread pool (blocking sources): its workers and their
+        # gevent's thread pools (blocking sources): its workers and their
         # threads' main greenlets live as long as the pool keeps the thread.
         and not issubclass(type(obj), ThreadPoolWorker) and obj.parent is not None
     ]

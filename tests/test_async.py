@@ -179,6 +179,73 @@ def test_blocking_sources_run_in_the_thread_pool_and_overlap() -> None:
     assert time.perf_counter() - started < 0.6 * 3 * T
 
 
+class Meter:
+    """How many blocking fetches run at once (hashable: a batch parameter)."""
+
+    def __init__(self, expected: int) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.expected = expected
+        self.all_in = threading.Event()  # every fetch of the round has started (or gave up)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            if self.most >= self.expected:
+                self.all_in.set()
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+class Overlap(Source):
+    """A blocking fetch that holds its thread until every fetch of the round has started."""
+
+    blocking = True
+
+    def __init__(self, name: int, meter: Meter) -> None:
+        self.meter = meter
+
+    def fetch(self, keys: List[Any]) -> List[Any]:
+        self.meter.enter()
+        self.meter.all_in.wait(0.5)  # a pool too small never gets them all in: 0.5 s, then go on
+        self.meter.leave()
+        return keys
+
+
+def overlapping_fetches(cls: Type[AsyncDataloader], sources: int) -> int:
+    """How many of ``sources`` blocking fetches of one round ran at once."""
+    meter = Meter(sources)
+
+    def job(dl: Dataloader) -> Any:
+        handles = [dl.with_(Overlap, name, meter).request(name) for name in range(sources)]
+        return [handle.load() for handle in handles]
+
+    assert cls.with_dataloading(job) == list(range(sources))
+    return meter.most
+
+
+def test_a_round_of_sixteen_blocking_fetches_all_overlap() -> None:
+    """Issue 14: gevent's process-wide pool has 10 threads, so 16 fetches took two turns."""
+    assert overlapping_fetches(AsyncDataloader, 16) == 16
+
+
+def test_blocking_threads_bounds_the_overlap_and_release_ends_the_threads() -> None:
+    class FourThreads(AsyncDataloader):
+        blocking_threads = 4
+
+    try:
+        assert overlapping_fetches(FourThreads, 8) == 4
+    finally:
+        assert FourThreads.release_blocking_threads() == 4
+    assert FourThreads.release_blocking_threads() == 0  # nothing left
+    assert overlapping_fetches(AsyncDataloader, 3) == 3  # the default pool again
+
+
 def test_blocking_source_sees_the_context_and_cannot_load_from_its_thread() -> None:
     import contextvars
 

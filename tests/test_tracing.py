@@ -130,7 +130,7 @@ class Posts(Source):
 
 
 class Threaded(Source):
-    blocking = True  # AsyncDataloader: fetched in gevent's thread pool
+    blocking = True  # AsyncDataloader: fetched in a pool thread
 
     def fetch(self, keys: List[int]) -> List[int]:
         return [key * 3 for key in keys]
