@@ -73,16 +73,36 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_command in ci.splitlines()
 
 
+DEMO_ROWS = ["naive N+1 loop", "NullDataloader (no batching)", "Dataloader, a job per post",
+             "Dataloader, request() handles"]
+
+
 @pytest.mark.parametrize("posts", [40, 400])
 def test_sqlite_demo_collapses_n_plus_one_into_a_few_statements(capsys: Any, posts: int) -> None:
     demo = runpy.run_path(str(ROOT / "examples" / "sqlite_demo.py"))
     assert demo["main"](["--posts", str(posts)]) == 0  # 0: every variant gave the same data
     out = capsys.readouterr().out
-    counts = {name.strip(): int(count) for name, count in
-              re.findall(r"^(naive N\+1 loop|fiberloader, Dataloader)\s+(\d+)", out, re.M)}
-    assert counts["naive N+1 loop"] == 1 + 5 * posts  # posts, then per post: author, comments, 3 authors
+    measured = re.search(r"^Loopback round trip, measured just now: ([0-9.e-]+) ms", out, re.M)
+    assert measured, out
+    rtt = float(measured.group(1))
+    assert 0 < rtt < 100
+    assert re.search(rf"^variant +SQL statements +time ms +\+ {re.escape(measured.group(1))} ms RTT +\+ 1 ms RTT$",
+                     out, re.M), out
+    names = "|".join(re.escape(name) for name in DEMO_ROWS)
+    rows = {name: (int(statements), float(ms), float(near), float(far)) for name, statements, ms, near, far in
+            re.findall(rf"^({names}) +(\d+) +([0-9.]+) +([0-9.]+) +([0-9.]+)$", out, re.M)}
+    assert sorted(rows) == sorted(DEMO_ROWS), out  # the request() handles row too, with both estimates
+    assert rows["naive N+1 loop"][0] == 1 + 5 * posts  # posts, then per post: author, comments, 3 authors
     # posts; comments + post authors; comment authors not yet cached (if any)
-    assert counts["fiberloader, Dataloader"] in (3, 4)
+    assert rows["Dataloader, a job per post"][0] in (3, 4)
+    assert rows["Dataloader, request() handles"][0] == rows["Dataloader, a job per post"][0]
+    for statements, ms, near, far in rows.values():
+        # the estimates: the measured time + statements x round trip (printed rounded to 0.1 ms;
+        # the round trip is printed to 2 significant digits, the estimate uses the measured value)
+        assert near == pytest.approx(ms + statements * rtt, abs=0.11 + statements * rtt * 0.06)
+        assert far == pytest.approx(ms + statements * 1.0, abs=0.11)
+    assert "The RTT columns are estimates from the measured numbers" in out
+    assert "Batching pays when each statement costs a round trip" in out
 
 
 # The benchmarks need Python 3.11+ (asyncio.Runner; gunicorn 25's --no-control-socket),
