@@ -115,7 +115,7 @@ class ExecutionLoop(SplitLoop):
                 index = self.next
                 self.next = index + 1
                 if concurrent and self.next < n:
-                    self.dataloader._split(self.run, self)
+                    self.dataloader._may_block_in_loop(self.run)
                 try:
                     value = self.run_owned(index)
                 except Exception as error:  # a non-null item failed: the container fails

@@ -124,7 +124,7 @@ class SplitLoop(Waitable):
                 index = self.next
                 self.next = index + 1
                 if concurrent and self.next < len(items):
-                    self.dataloader._split(self.run, self)
+                    self.dataloader._may_block_in_loop(self.run)
                 try:
                     self.run_item(index)
                 finally:

@@ -96,6 +96,7 @@ class Run:
         "interrupted",
         "interrupts",
         "handed",
+        "looping",
     )
 
     def __init__(
@@ -138,6 +139,9 @@ class Run:
         # Batches handed to a worker whose fetch has not begun (under gevent a
         # worker starts later): abandoned if the run fails before they do.
         self.handed: Dict[int, Tuple[Source, Batch]] = {}  # type: ignore[type-arg]
+        # Concurrent runs: workers that started a loop item with items left
+        # since the hub last looked (they may be blocked in I/O in it).
+        self.looping: Dict[Worker, None] = {}
 
     # -- the loop ---------------------------------------------------------------
 
@@ -196,6 +200,8 @@ class Run:
                 self.start(JOBS)
             elif self.running:
                 dataloader._block(self)
+                if self.looping:
+                    self.split_looping()
                 if self.interrupts:
                     self.cancel_items()
             else:
@@ -230,6 +236,8 @@ class Run:
                 pass
             elif self.running:
                 dataloader._block(self)
+                if self.looping:
+                    self.split_looping()
                 if self.interrupts:
                     self.cancel_items()
                 if self.interrupted:
@@ -298,6 +306,20 @@ class Run:
             worker.batch = None
             if dataloader.eager_resume:
                 dataloader._wake(self)  # some job may go on now
+
+    def split_looping(self) -> None:
+        """Let helpers take the unstarted items of the loops of workers that may be blocked.
+
+        Under a concurrent scheduler the hub gets control while a worker
+        still runs only if that worker blocked in I/O (or parked, which split
+        its loops already): queue a helper for each loop on its stack that
+        has items left (``_split`` does nothing for the others).
+        """
+        dataloader = self.dataloader
+        for worker in self.looping:
+            for group in reversed(worker.groups):  # innermost first, as _park does
+                dataloader._split(self, group)
+        self.looping.clear()
 
     def forget_expired(self) -> None:
         """Forget the keys of fetches that timed out: their waiters have read them."""
@@ -486,6 +508,7 @@ class Run:
         self.deadlock = None
         self.failure = None
         self.interrupts.clear()
+        self.looping.clear()
         if self.expiring:
             self.forget_expired()
         if self.workers:

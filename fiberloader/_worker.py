@@ -108,6 +108,22 @@ class WorkerSide:
         if run.concurrent:
             self._wake(run)
 
+    def _may_block_in_loop(self, run: Any) -> None:
+        """A concurrent worker starts a loop item while items remain: it may block in I/O.
+
+        Nothing is queued yet (most items never block, and a helper queued
+        per loop costs a job run for nothing): the worker is noted and the
+        hub woken.  The hub gets control only if the worker blocks or parks;
+        then it splits the loops on the worker's stack (``Run.split_looping``).
+        """
+        worker = getcurrent()
+        looping = run.looping
+        if worker not in looping:
+            looping[worker] = None
+        if not run.want_worker:
+            run.want_worker = True
+            self._wake(run)
+
     def _split(self, run: Any, group: Any) -> None:
         """Queue a helper for a map() loop that has unstarted items."""
         if not group.helper_queued and group.next < len(group.items):
