@@ -23,7 +23,8 @@ from ._extensions import Extension
 from ._fibers import current_dataloader
 from ._null import NullDataloader
 from ._settings import dataloader_class
-from ._source import Request, RequestAll, Source, SourceStats
+from ._source import Request, RequestAll, Source
+from ._stats import SourceStats
 
 __version__ = "0.1.0"
 

@@ -176,7 +176,7 @@ class AsyncDataloader(Dataloader):
         pool = _pools.get(get_hub(), {}).pop(cls.blocking_threads, None)
         if pool is None:
             return 0
-        count = pool.size
+        count: int = pool.size
         pool.kill()
         return count
 

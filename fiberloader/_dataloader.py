@@ -102,13 +102,15 @@ from ._errors import (
     NotRunningError,
     SourceTypeError,
     class_name,
+    not_running,
     short_repr,
 )
 from ._extensions import Hooks, around, hooks_of, resolve_extensions
 from ._fibers import CURRENT, Worker
 from ._loops import MapLoop
 from ._run import Pending, Run
-from ._source import Source, SourceStats, as_list
+from ._source import Source, as_list
+from ._stats import DataloaderStats, SourceStats
 from ._worker import WorkerSide, kept_pool
 
 __all__ = ["Dataloader", "DataloaderStats", "SourceStats"]
@@ -116,61 +118,6 @@ __all__ = ["Dataloader", "DataloaderStats", "SourceStats"]
 T = TypeVar("T")
 S = TypeVar("S", bound=Source)  # type: ignore[type-arg]
 D = TypeVar("D", bound="Dataloader")
-
-class DataloaderStats:
-    """What one dataloader did, for debugging, tests and benchmarks.
-
-    ``sources`` maps each source instance to its :class:`SourceStats`; the
-    totals (``loads``, ``cache_hits``, ``fetches``, ``keys_fetched``,
-    ``errors``) add up every source this dataloader had, also those a web
-    request's end dropped.  ``greenlets``, ``reused`` and ``max_alive``
-    count worker greenlets.
-    """
-
-    __slots__ = ("greenlets", "reused", "max_alive", "_sources", "_dropped")
-
-    def __init__(self, sources: "Dict[type, Dict[Hashable, Source]]") -> None:  # type: ignore[type-arg]
-        self.greenlets = 0  #: worker greenlets started
-        self.reused = 0  #: kept greenlets taken from the thread's pool (keep_greenlets)
-        self.max_alive = 0  #: most worker greenlets alive at once
-        self._sources = sources  # the dataloader's: read, never written here
-        self._dropped: Optional[SourceStats] = None  # the counts of sources dropped (a request's end)
-
-    @property
-    def sources(self) -> "Dict[Source, SourceStats]":  # type: ignore[type-arg]
-        """Each source instance (in the order they were made) and its counts, now."""
-        return {
-            source: source._counts() for instances in self._sources.values() for source in instances.values()
-        }
-
-    def _total(self, name: str) -> int:
-        total: int = 0 if self._dropped is None else getattr(self._dropped, name)
-        for instances in self._sources.values():
-            for source in instances.values():
-                total += getattr(source._counts(), name)
-        return total
-
-    loads = property(lambda self: self._total("loads"), doc="keys asked for (load, load_all, request)")
-    cache_hits = property(lambda self: self._total("cache_hits"), doc="of those, values served from the cache")
-    fetches = property(lambda self: self._total("fetches"), doc="fetch() calls")
-    keys_fetched = property(lambda self: self._total("keys_fetched"), doc="keys passed to fetch()")
-    errors = property(lambda self: self._total("errors"), doc="keys a fetch failed")
-
-    def _drop(self) -> None:
-        """The dataloader drops its sources: keep their counts in the totals."""
-        if self._dropped is None:
-            self._dropped = SourceStats()
-        for counts in self.sources.values():
-            self._dropped.add(counts)
-
-    def __repr__(self) -> str:
-        totals = ", ".join(
-            f"{name}={getattr(self, name)}"
-            for name in ("loads", "cache_hits", "fetches", "keys_fetched", "errors", "greenlets", "reused", "max_alive")
-        )
-        per_source = "".join(f"; {source!r}: {counts.fields()}" for source, counts in self.sources.items())
-        return f"DataloaderStats({totals}{per_source})"
-
 
 def _check_fiber_limit(fiber_limit: Optional[int]) -> Optional[int]:
     if fiber_limit is None:
@@ -593,40 +540,9 @@ class Dataloader(WorkerSide):
     # -- errors ------------------------------------------------------------------------
 
     def _not_a_job(self, what: str, source: Any = None, key: Any = None) -> NotRunningError:
-        if self._run is None:
-            running = CURRENT.get()
-            if source is not None and running is not None and running is not self:
-                fix = (
-                    "the source belongs to another dataloader than the one running this job. "
-                    "Get sources from the running one: "
-                    f"fiberloader.current_dataloader().with_({class_name(type(source))}, ...)."
-                )
-            elif self._request_over:
-                fix = (
-                    "its request is over (the response was returned). Load in the view, or in "
-                    "the streamed body; a teardown handler or code after the response has no "
-                    "dataloader."
-                )
-            else:
-                fix = (
-                    f"Call it from inside a job: {type(self).__name__}.with_dataloading(fn), or "
-                    "dataloader.append_job(fn) then dataloader.run(); in a web app, run each "
-                    "request's handler as a job of its own dataloader."
-                )
-            return NotRunningError(
-                f"{what} needs a running dataloader, but {type(self).__name__} is not running"
-                f"{': ' if fix[0].islower() else '. '}{fix}",
-                data_source=source,
-                key=key,
-            )
-        return NotRunningError(
-            f"{what} was called from a greenlet that is not one of this dataloader's jobs "
-            f"({type(self).__name__} is running, but this code runs outside it: in another "
-            "dataloader's job, or in a thread or greenlet of your own). Call it from the job "
-            "itself, or use that code's own dataloader (fiberloader.current_dataloader()).",
-            data_source=source,
-            key=key,
-        )
+        """The error for ``what`` called where no job of this dataloader runs."""
+        running = CURRENT.get() if self._run is None else None
+        return not_running(self, what, source, key, running, self._request_over)
 
     def _forget_pending(self, worker: Worker) -> None:
         """Cancel a delivery not yet made (only concurrent schedulers defer them)."""

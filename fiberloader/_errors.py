@@ -30,6 +30,7 @@ __all__ = [
     "InvariantError",
     "short_repr",
     "class_name",
+    "not_running",
 ]
 
 _repr = reprlib.Repr()
@@ -144,3 +145,47 @@ def describe_wait(source: Optional[Any], keys: Sequence[Any]) -> str:
     if source is None:
         return "a map() or yield_() that never completed"
     return f"{source!r} keys {short_repr(list(keys))}"
+
+
+def not_running(
+    dataloader: Any, what: str, source: Any, key: Any, running: Any, request_over: bool
+) -> NotRunningError:
+    """``what`` (a load, ``map``, ...) was called where no job of ``dataloader`` runs.
+
+    ``running``: the dataloader of the calling code's context when
+    ``dataloader`` is not running (``None`` when it is, or when none is).
+    """
+    name = type(dataloader).__name__
+    if dataloader._run is not None:
+        return NotRunningError(
+            f"{what} was called from a greenlet that is not one of this dataloader's jobs "
+            f"({name} is running, but this code runs outside it: in another "
+            "dataloader's job, or in a thread or greenlet of your own). Call it from the job "
+            "itself, or use that code's own dataloader (fiberloader.current_dataloader()).",
+            data_source=source,
+            key=key,
+        )
+    if source is not None and running is not None and running is not dataloader:
+        fix = (
+            "the source belongs to another dataloader than the one running this job. "
+            "Get sources from the running one: "
+            f"fiberloader.current_dataloader().with_({class_name(type(source))}, ...)."
+        )
+    elif request_over:
+        fix = (
+            "its request is over (the response was returned). Load in the view, or in "
+            "the streamed body; a teardown handler or code after the response has no "
+            "dataloader."
+        )
+    else:
+        fix = (
+            f"Call it from inside a job: {name}.with_dataloading(fn), or "
+            "dataloader.append_job(fn) then dataloader.run(); in a web app, run each "
+            "request's handler as a job of its own dataloader."
+        )
+    return NotRunningError(
+        f"{what} needs a running dataloader, but {name} is not running"
+        f"{': ' if fix[0].islower() else '. '}{fix}",
+        data_source=source,
+        key=key,
+    )

@@ -28,7 +28,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ._errors import ConfigurationError, short_repr
-from ._settings import EXTENSIONS_SETTING, TRACE_VARIABLE, framework_setting
+from ._frameworks import EXTENSIONS_SETTING, TRACE_VARIABLE, framework_setting
 
 __all__ = ["Extension", "Hooks", "HOOKS", "around", "hooks_of", "resolve_extensions"]
 
@@ -281,8 +281,6 @@ _traces: Dict[str, Any] = {}  # $FIBERLOADER_TRACE path -> the process's Perfett
 
 def _shared_trace(path: str) -> Any:
     trace = _traces.get(path)
-    if trace is None:
-        from .tracing import PerfettoTrace
-
-        trace = _traces[path] = PerfettoTrace(path)
+    if trace is None:  # looked up by name, as the setting's factories are
+        trace = _traces[path] = _imported("fiberloader.tracing:PerfettoTrace", f"${TRACE_VARIABLE}")(path)
     return trace

@@ -17,9 +17,13 @@ from typing import Any, Tuple, Type
 
 from ._errors import ConfigurationError, short_repr
 
+# The setting names, and the lookup of a web framework's setting, live in a leaf
+# module: the scheduler core reads FIBERLOADER_EXTENSIONS through it without
+# importing this one (which imports the scheduler).
+from ._frameworks import SETTING_NAME, framework_setting
+
 __all__ = [
-    "dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "resolve_first", "framework_setting",
-    "EXTENSIONS_SETTING", "TRACE_VARIABLE", "framework_extensions",
+    "dataloader_class", "SCHEDULERS", "ENVIRONMENT_VARIABLE", "resolve_first", "framework_extensions",
 ]
 
 ENVIRONMENT_VARIABLE = "FIBERLOADER_DATALOADER"
@@ -29,32 +33,6 @@ SCHEDULERS = {
     "async": "fiberloader._async:AsyncDataloader",
     "null": "fiberloader._null:NullDataloader",
 }
-
-SETTING_NAME = "FIBERLOADER_DATALOADER"  # the key in Flask's app.config and Django's settings
-EXTENSIONS_SETTING = "FIBERLOADER_EXTENSIONS"  # "package.module:Factory" paths
-TRACE_VARIABLE = "FIBERLOADER_TRACE"  # a path: every dataloader writes a Perfetto trace there
-
-
-def framework_setting(name: str) -> Tuple[Any, str]:
-    """``(value, where it comes from)`` of a setting of the running web framework.
-
-    ``current_app.config[name]`` when a Flask app context is active, else
-    ``settings.<name>`` when Django's settings are configured; ``(None,
-    "")`` when neither has it.  A framework that is not imported costs a
-    dict lookup: nothing here imports one.
-    """
-    flask = sys.modules.get("flask")
-    if flask is not None and flask.has_app_context():
-        value = flask.current_app.config.get(name)
-        if value is not None:
-            return value, f"app.config[{name!r}]"
-    conf = sys.modules.get("django.conf")
-    if conf is not None and conf.settings.configured:
-        value = getattr(conf.settings, name, None)
-        if value is not None:
-            return value, f"settings.{name}"
-    return None, ""
-
 
 _django_connections: Any = None  # the DjangoConnections the integrations share
 

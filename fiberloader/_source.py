@@ -63,42 +63,15 @@ from ._errors import (
     short_repr,
 )
 from ._fibers import copy_error
+from ._stats import SourceStats
 
-__all__ = ["Source", "SourceStats", "Request", "RequestAll"]
+__all__ = ["Source", "Request", "RequestAll"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # the maps of a source not made by with_()
 _MISSING: Any = object()  # not in the cache
-
-class SourceStats:
-    """What one source instance did (``dataloader.stats.sources[source]``)."""
-
-    __slots__ = ("loads", "cache_hits", "fetches", "keys_fetched", "errors")
-
-    def __init__(self, loads: int = 0, cache_hits: int = 0, fetches: int = 0, keys_fetched: int = 0, errors: int = 0) -> None:
-        self.loads = loads  #: keys asked for: load, load_all (n keys: n), request
-        self.cache_hits = cache_hits  #: of those, values served from the cache
-        self.fetches = fetches  #: fetch() calls
-        self.keys_fetched = keys_fetched  #: keys passed to fetch()
-        self.errors = errors  #: keys that a fetch failed (an error for the key, or a fetch that raised)
-
-    def add(self, other: "SourceStats") -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def fields(self) -> str:
-        return ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SourceStats):
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
-
-    def __repr__(self) -> str:
-        return f"SourceStats({self.fields()})"
-
 
 def _hashable(value: Any) -> bool:
     try:

@@ -101,7 +101,8 @@ from greenlet import getcurrent
 from ._dataloader import Dataloader
 from ._errors import ConfigurationError, FiberloaderTypeError, short_repr
 from ._extensions import Extension
-from ._settings import SETTING_NAME, framework_extensions, resolve_first
+from ._frameworks import SETTING_NAME
+from ._settings import framework_extensions, resolve_first
 from ._source import Source
 from ._web import JobBody, finish
 

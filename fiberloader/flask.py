@@ -48,7 +48,7 @@ from flask import Flask, Response, request
 
 from ._dataloader import Dataloader
 from ._errors import FiberloaderError
-from ._settings import SETTING_NAME
+from ._frameworks import SETTING_NAME
 from ._settings import resolve_first
 from ._web import expose, finish, wrap_body
 

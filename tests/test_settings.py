@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from fiberloader import ConfigurationError, Dataloader, NullDataloader, dataloader_class
-from fiberloader import _settings
 
 
 class Custom(Dataloader):

@@ -1,0 +1,38 @@
+"""The names of fiberloader's settings, and where a web framework keeps them.
+
+A leaf module (it imports nothing of fiberloader): the scheduler core
+(``fiberloader._extensions``) and the integrations (``fiberloader._settings``)
+both read settings through it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Tuple
+
+__all__ = ["SETTING_NAME", "EXTENSIONS_SETTING", "TRACE_VARIABLE", "framework_setting"]
+
+SETTING_NAME = "FIBERLOADER_DATALOADER"  # the key in Flask's app.config and Django's settings
+EXTENSIONS_SETTING = "FIBERLOADER_EXTENSIONS"  # "package.module:Factory" paths
+TRACE_VARIABLE = "FIBERLOADER_TRACE"  # a path: every dataloader writes a Perfetto trace there
+
+
+def framework_setting(name: str) -> Tuple[Any, str]:
+    """``(value, where it comes from)`` of a setting of the running web framework.
+
+    ``current_app.config[name]`` when a Flask app context is active, else
+    ``settings.<name>`` when Django's settings are configured; ``(None,
+    "")`` when neither has it.  A framework that is not imported costs a
+    dict lookup: nothing here imports one.
+    """
+    flask = sys.modules.get("flask")
+    if flask is not None and flask.has_app_context():
+        value = flask.current_app.config.get(name)
+        if value is not None:
+            return value, f"app.config[{name!r}]"
+    conf = sys.modules.get("django.conf")
+    if conf is not None and conf.settings.configured:
+        value = getattr(conf.settings, name, None)
+        if value is not None:
+            return value, f"settings.{name}"
+    return None, ""
