@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
+
+from greenlet import getcurrent
 
 from ._errors import ConfigurationError, short_repr
 from ._frameworks import EXTENSIONS_SETTING, TRACE_VARIABLE, framework_setting
+from ._source import _hashable
 
-__all__ = ["Extension", "Hooks", "HOOKS", "around", "hooks_of", "resolve_extensions"]
+__all__ = ["Extension", "Hooks", "HOOKS", "around", "fetch_result_keys", "hooks_of", "resolve_extensions"]
 
 
 class Extension:
@@ -89,35 +92,32 @@ HOOKS = (
 
 
 class Hooks:
-    """For each hook, the bound methods of the extensions that override it, in order."""
+    """What the scheduler calls, worked out once per dataloader from its extensions.
 
-    __slots__ = HOOKS + ("runs", "jobs", "parks", "fetches", "fibers")
+    Hooks the scheduler calls one by one (``fiber_*``, ``job_suspended``,
+    ``job_resumed``): the bound methods of the extensions that override them,
+    in order.  Hooks that wrap code (``run_*``, ``job_*``, ``fetch_*``): per
+    extension that overrides either of the pair, its ``(started, finished)``
+    (``None`` for a no-op), for :func:`around`.
+    """
 
-    # Set in __init__ (for mypy: the slots are made from HOOKS).
-    run_started: Tuple[Any, ...]
-    run_finished: Tuple[Any, ...]
-    fiber_started: Tuple[Any, ...]
-    fiber_finished: Tuple[Any, ...]
-    job_started: Tuple[Any, ...]
-    job_finished: Tuple[Any, ...]
-    job_suspended: Tuple[Any, ...]
-    job_resumed: Tuple[Any, ...]
-    fetch_started: Tuple[Any, ...]
-    fetch_finished: Tuple[Any, ...]
+    __slots__ = ("fiber_started", "fiber_finished", "job_suspended", "job_resumed", "parks", "runs", "jobs", "fetches")
 
     def __init__(self, extensions: Sequence[Any]) -> None:
-        for name in HOOKS:
-            setattr(self, name, tuple(_overridden(extension, name) for extension in extensions if _overridden(extension, name)))
-        # What the call sites test and pass to around(): per extension that
-        # overrides either hook of a pair, its (started, finished), None for a no-op.
+        def each(name: str) -> Tuple[Any, ...]:
+            return tuple(hook for hook in (_overridden(e, name) for e in extensions) if hook is not None)
+
+        self.fiber_started = each("fiber_started")
+        self.fiber_finished = each("fiber_finished")
+        self.job_suspended = each("job_suspended")
+        self.job_resumed = each("job_resumed")
+        self.parks = bool(self.job_suspended or self.job_resumed)
         self.runs = _pairs(extensions, "run")
         self.jobs = _pairs(extensions, "job")
         self.fetches = _pairs(extensions, "fetch")
-        self.parks = bool(self.job_suspended or self.job_resumed)
-        self.fibers = bool(self.fiber_started or self.fiber_finished)
 
     def any(self) -> bool:
-        return any(getattr(self, name) for name in HOOKS)
+        return bool(self.fiber_started or self.fiber_finished or self.parks or self.runs or self.jobs or self.fetches)
 
 
 def _overridden(extension: Any, name: str) -> Any:
@@ -163,6 +163,31 @@ def _finish(pairs: Sequence[Tuple[Any, Any]], head: Tuple[Any, ...], error: Opti
                 failure = failure or raised
     if failure is not None:
         raise failure
+
+
+def fetch_result_keys(source: Any, keys: List[Any]) -> List[Hashable]:
+    """In ``fetch_started`` / ``fetch_finished``: the result keys of the fetch's ``keys``.
+
+    ``job_suspended`` gets result keys, the fetch hooks get fetch keys
+    (``normalize_fetch_key``); extensions that match a park to the fetch of
+    its keys need the former.  Read from the fetching worker's batch when
+    the hook runs in it; else (a ``blocking`` fetch's pool thread,
+    ``NullDataloader``) rebuilt with ``result_key_for``, a key it fails on
+    standing for itself (left out if unhashable).
+    """
+    batch = getattr(getcurrent(), "batch", None)
+    if batch is not None and batch[0] is source and len(batch[1]) == len(keys):
+        return [rk for rk, _ in batch[1]]
+    if source._plain_result_keys:
+        return list(keys)
+    rks: List[Hashable] = []
+    for key in keys:
+        try:
+            rks.append(source.result_key_for(key))
+        except Exception:
+            if _hashable(key):
+                rks.append(key)
+    return rks
 
 
 def hooks_of(extensions: Sequence[Any]) -> Optional[Hooks]:

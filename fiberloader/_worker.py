@@ -120,9 +120,7 @@ class WorkerSide:
         looping = run.looping
         if worker not in looping:
             looping[worker] = None
-        if not run.want_worker:
-            run.want_worker = True
-            self._wake(run)
+        self._want_worker(run)
 
     def _split(self, run: Any, group: Any) -> None:
         """Queue a helper for a map() loop that has unstarted items."""
@@ -199,13 +197,11 @@ class WorkerSide:
             run.interrupted = True
             if run.concurrent:
                 self._wake(run)
+            raise
+        finally:  # resumed, either way
             if hooks is not None and hooks.parks:
                 for resumed in hooks.job_resumed:
                     resumed(self)
-            raise
-        if hooks is not None and hooks.parks:
-            for resumed in hooks.job_resumed:
-                resumed(self)
         if value is DEADLOCK:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
 

@@ -110,7 +110,7 @@ from greenlet import getcurrent
 
 from ._errors import ConfigurationError, FiberloaderError, short_repr
 from . import _extensions
-from ._extensions import Extension
+from ._extensions import Extension, fetch_result_keys
 from ._null import NullDataloader
 
 __all__ = ["NPlusOne", "NPlusOneDetector", "NPlusOneError", "raising_detector"]
@@ -348,7 +348,8 @@ class NPlusOneDetector(Extension):
                         group, site = self._group(state, numbers[-1], frames, loops)
                         self._count(state, source, keys[0], group, site)
             else:
-                parked = state.parked.get((id(source), _result_key(source, keys[0])))
+                rks = fetch_result_keys(source, keys)
+                parked = state.parked.get((id(source), rks[0])) if rks else None
                 if parked:
                     number, frame = next(iter(parked.values()))  # the first job that asked
                     frames, loops, _ = _frames(frame)  # its stack, parked at the load
@@ -422,19 +423,6 @@ def _pop(state: _RunState, me: int) -> None:
         state.items.pop(numbers.pop(), None)  # the frames of its loop items
         if not numbers:
             del state.jobs[me]
-
-
-def _result_key(source: Any, key: Any) -> Any:
-    """The result key of a fetch key (what ``job_suspended`` was given)."""
-    batch = getattr(getcurrent(), "batch", None)  # the fetching worker's (result key, fetch key) pairs
-    if batch is not None and batch[0] is source and len(batch[1]) == 1:
-        return batch[1][0][0]
-    if getattr(source, "_plain_result_keys", True):
-        return key
-    try:
-        return source.result_key_for(key)
-    except Exception:
-        return key
 
 
 def _label(source: Any) -> str:

@@ -74,8 +74,8 @@ span of every later job that parks on a key not fetched yet.  At
   job that loads, else the context ``run()`` was called in (the request
   span).
 
-Keys are matched by their result key: ``result_key_for(fetch key)`` when
-the source overrides ``normalize_fetch_key`` or ``result_key_for``.
+Keys are matched by their result key (``fiberloader._extensions.fetch_result_keys``:
+the fetching worker's, or ``result_key_for(fetch key)`` in a pool thread).
 
 The fetch span is the current span inside ``fetch`` (attached in
 ``fetch_started``, detached in ``fetch_finished``: a fetch runs in its own
@@ -104,7 +104,7 @@ from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_current_span, set_span_in_context
 
 from . import __version__
-from ._extensions import Extension
+from ._extensions import Extension, fetch_result_keys
 from ._fibers import current_dataloader
 
 __all__ = ["OpenTelemetryExtension"]
@@ -224,7 +224,7 @@ class OpenTelemetryExtension(Extension):
 
     def fetch_started(self, dataloader: Any, source: Any, keys: List[Any]) -> None:
         state = self._runs.get(id(dataloader))
-        rks = _result_keys(source, keys)
+        rks = fetch_result_keys(source, keys)
         parent: Optional[Context] = None
         askers: Dict[Tuple[int, int], Span] = {}
         asked = state.asked.get(source) if state is not None else None
@@ -296,16 +296,6 @@ class OpenTelemetryExtension(Extension):
             SOURCE_CLASS: _qualified_name(cls),
             DATALOADER: type(dataloader).__name__,
         }
-
-
-def _result_keys(source: Any, keys: List[Any]) -> List[Hashable]:
-    """The result keys of a batch's fetch keys (the keys themselves, usually)."""
-    if source._plain_result_keys and source._plain_fetch_keys:
-        return keys
-    try:
-        return [source.result_key_for(key) for key in keys]
-    except Exception:  # result_key_for() that takes no fetch key: no match, fall back to the current context
-        return []
 
 
 def _link(span: Span) -> Link:

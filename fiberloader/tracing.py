@@ -74,7 +74,8 @@ from typing import Any, Dict, Hashable, List, Optional, Set, Tuple
 from greenlet import getcurrent
 
 from ._errors import class_name, short_repr
-from ._extensions import Extension, around
+from ._extensions import Extension, around, fetch_result_keys
+from ._source import _hashable
 
 try:  # POSIX: processes appending to one file take turns
     import fcntl
@@ -442,7 +443,7 @@ class PerfettoTrace(Extension):
                 if text not in track.stack[-1].paths:
                     track.stack[-1].paths.append(text)
         fetch = _Slice("fetch", f"fetch {source!r}", args)
-        rks = _result_keys(source, keys)
+        rks = fetch_result_keys(source, keys)
         with self._lock:
             seen = set()
             waiters = state.waiters
@@ -579,27 +580,6 @@ def _key_set(rks: List[Hashable]) -> Set[Hashable]:
         return set(rks)
     except TypeError:  # a result_key_for that failed: fetch keys that are not hashable
         return {rk for rk in rks if _hashable(rk)}
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _result_keys(source: Any, keys: List[Any]) -> List[Hashable]:
-    """The result keys of a batch: the fetching worker's, else computed from the fetch keys."""
-    batch = getattr(getcurrent(), "batch", None)
-    if batch is not None and batch[0] is source and len(batch[1]) == len(keys):
-        return [rk for rk, _ in batch[1]]
-    if source._plain_result_keys:
-        return list(keys)
-    try:
-        return [source.result_key_for(key) for key in keys]
-    except Exception:  # the scheduler's result keys cannot be rebuilt: the hashable fetch keys
-        return [key for key in keys if _hashable(key)]
 
 
 def _batch_parameters(dataloader: Any, source: Any) -> Optional[str]:
