@@ -30,7 +30,7 @@ from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tupl
 from greenlet import getcurrent
 
 from ._errors import ConfigurationError, short_repr
-from ._frameworks import EXTENSIONS_SETTING, TRACE_VARIABLE, framework_setting
+from ._frameworks import EXTENSIONS_SETTING, LAZY_LOADS_SETTING, TRACE_VARIABLE, django_setting, framework_setting
 from ._source import _hashable
 
 __all__ = ["Extension", "Hooks", "HOOKS", "around", "fetch_result_keys", "hooks_of", "resolve_extensions"]
@@ -217,6 +217,8 @@ def resolve_extensions(cls: type, given: Optional[Iterable[Any]]) -> Tuple[Any, 
     trace = _environment(_TRACE_KEY)
     if trace:
         found.append(_shared_trace(trace))
+    if django_setting(LAZY_LOADS_SETTING):
+        found.append(_shared_lazy_loads())
     return tuple(found) if found else ()
 
 
@@ -299,6 +301,15 @@ def _made(factory: Any, where: str) -> Any:
     extension = factory() if isinstance(factory, type) or (callable(factory) and not isinstance(factory, Extension)) else factory
     _check_one(extension, where)
     return extension
+
+
+_lazy_loads: List[Any] = []  # the BatchLazyLoads that settings.FIBERLOADER_BATCH_LAZY_LOADS attaches
+
+
+def _shared_lazy_loads() -> Any:
+    if not _lazy_loads:  # looked up by name: the core does not import Django
+        _lazy_loads.append(_imported("fiberloader.django:BatchLazyLoads", f"settings.{LAZY_LOADS_SETTING}")())
+    return _lazy_loads[0]
 
 
 _traces: Dict[str, Any] = {}  # $FIBERLOADER_TRACE path -> the process's PerfettoTrace

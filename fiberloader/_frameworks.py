@@ -10,11 +10,15 @@ from __future__ import annotations
 import sys
 from typing import Any, Tuple
 
-__all__ = ["SETTING_NAME", "EXTENSIONS_SETTING", "TRACE_VARIABLE", "framework_setting"]
+__all__ = [
+    "SETTING_NAME", "EXTENSIONS_SETTING", "TRACE_VARIABLE", "LAZY_LOADS_SETTING", "framework_setting",
+    "django_setting",
+]
 
 SETTING_NAME = "FIBERLOADER_DATALOADER"  # the key in Flask's app.config and Django's settings
 EXTENSIONS_SETTING = "FIBERLOADER_EXTENSIONS"  # "package.module:Factory" paths
 TRACE_VARIABLE = "FIBERLOADER_TRACE"  # a path: every dataloader writes a Perfetto trace there
+LAZY_LOADS_SETTING = "FIBERLOADER_BATCH_LAZY_LOADS"  # Django: batch the ORM's lazy loads in jobs
 
 
 def framework_setting(name: str) -> Tuple[Any, str]:
@@ -30,9 +34,15 @@ def framework_setting(name: str) -> Tuple[Any, str]:
         value = flask.current_app.config.get(name)
         if value is not None:
             return value, f"app.config[{name!r}]"
+    value = django_setting(name)
+    if value is not None:
+        return value, f"settings.{name}"
+    return None, ""
+
+
+def django_setting(name: str) -> Any:
+    """``settings.<name>`` of configured Django settings, else ``None``."""
     conf = sys.modules.get("django.conf")
     if conf is not None and conf.settings.configured:
-        value = getattr(conf.settings, name, None)
-        if value is not None:
-            return value, f"settings.{name}"
-    return None, ""
+        return getattr(conf.settings, name, None)
+    return None

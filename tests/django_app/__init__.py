@@ -2,7 +2,9 @@
 
 ``setup()`` configures Django once per process (in-memory SQLite by
 default), creates the tables and seeds them.  The subprocess tests call it
-with a file database, after gevent's monkey-patching.
+with a file database, after gevent's monkey-patching.  A second database,
+``"other"`` (always in memory), holds the same rows under the same primary
+keys with upper-case names: what comes from which database shows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def setup(database: str = ":memory:", scheduler: Optional[str] = None) -> None:
         DEBUG=False,
         SECRET_KEY="fiberloader-tests",
         ALLOWED_HOSTS=["testserver"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": database}},
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": database},
+            "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        },
         INSTALLED_APPS=["tests.django_app"],
         MIDDLEWARE=[
             "tests.django_app.views.RequestContextMiddleware",
@@ -46,24 +51,29 @@ def setup(database: str = ":memory:", scheduler: Optional[str] = None) -> None:
 
 def _create_and_seed() -> None:
     from django.apps import apps
-    from django.db import connection
+    from django.db import connections
 
+    for alias in ("default", "other"):
+        with connections[alias].schema_editor() as editor:
+            for model in apps.get_app_config("django_app").get_models():
+                editor.create_model(model)
+        _seed(alias, str.upper if alias == "other" else str)
+
+
+def _seed(alias: str, name: Any) -> None:
     from .models import Author, Comment, Post, Profile, Tag
 
-    with connection.schema_editor() as editor:
-        for model in apps.get_app_config("django_app").get_models():
-            editor.create_model(model)
-    authors = Author.objects.bulk_create([Author(pk=i + 1, name=name) for i, name in enumerate(AUTHORS)])
-    Profile.objects.create(author=authors[0], bio="first programmer")
-    tags = Tag.objects.bulk_create([Tag(pk=i + 1, name=name) for i, name in enumerate(TAGS)])
+    authors = Author.objects.using(alias).bulk_create([Author(pk=i + 1, name=name(n)) for i, n in enumerate(AUTHORS)])
+    Profile.objects.using(alias).create(author=authors[0], bio=name("first programmer"))
+    tags = Tag.objects.using(alias).bulk_create([Tag(pk=i + 1, name=name(n)) for i, n in enumerate(TAGS)])
     for i in range(POSTS):
-        post = Post.objects.create(
+        post = Post.objects.using(alias).create(
             pk=i + 1,
-            title=f"post {i + 1}",
+            title=name(f"post {i + 1}"),
             author=authors[i % 3],
             editor=authors[(i + 1) % 3] if i % 2 else None,
         )
         post.tags.set(tags[: i % 3 + 1])
-        Comment.objects.bulk_create(
-            [Comment(post=post, author=authors[(i + k) % 3], body=f"comment {k} on {i + 1}") for k in (1, 2)]
+        Comment.objects.using(alias).bulk_create(
+            [Comment(post=post, author=authors[(i + k) % 3], body=name(f"comment {k} on {i + 1}")) for k in (1, 2)]
         )

@@ -7,12 +7,13 @@ from typing import Any, List, Optional
 import graphene
 import strawberry
 from graphene_django import DjangoObjectType
+from graphene_django.registry import Registry
 
 from fiberloader import current_dataloader
 from fiberloader.django import AssociationSource, RecordSource
 from fiberloader.graphql import DataloaderExecutionContext
 
-from .models import Author, Comment, Post
+from .models import Author, Comment, Post, Profile, Tag
 
 QUERY = "{ posts { title author { name } comments { body author { name } } tags } sameDataloader }"
 
@@ -115,3 +116,62 @@ class SQuery:
 
 
 strawberry_schema = strawberry.Schema(query=SQuery, execution_context_class=DataloaderExecutionContext)
+
+
+# -- Graphene-Django with no resolvers of its own: every relation is a lazy load --------
+
+plain_registry = Registry()
+PLAIN_QUERY = """{
+  posts {
+    title
+    author { name profile { bio } }
+    editor { name }
+    comments { body author { name } }
+    tags { name posts { title } }
+  }
+}"""
+
+
+class PlainAuthor(DjangoObjectType):
+    class Meta:
+        model = Author
+        fields = ("id", "name", "profile")
+        registry = plain_registry
+
+
+class PlainProfile(DjangoObjectType):
+    class Meta:
+        model = Profile
+        fields = ("id", "bio")
+        registry = plain_registry
+
+
+class PlainComment(DjangoObjectType):
+    class Meta:
+        model = Comment
+        fields = ("id", "body", "author")
+        registry = plain_registry
+
+
+class PlainTag(DjangoObjectType):
+    class Meta:
+        model = Tag
+        fields = ("id", "name", "posts")
+        registry = plain_registry
+
+
+class PlainPost(DjangoObjectType):
+    class Meta:
+        model = Post
+        fields = ("id", "title", "author", "editor", "comments", "tags")
+        registry = plain_registry
+
+
+class PlainQuery(graphene.ObjectType):
+    posts = graphene.List(graphene.NonNull(PlainPost))
+
+    def resolve_posts(root: Any, info: Any) -> Any:
+        return Post.objects.order_by("id")
+
+
+plain_schema = graphene.Schema(query=PlainQuery)

@@ -10,6 +10,7 @@ from . import schema, views
 
 urlpatterns = [
     path("posts/", views.posts),
+    path("naive/", views.naive),
     path("stream/", views.stream),
     path("scheduler/", views.scheduler),
     path("tagged/", views.tagged),
@@ -19,4 +20,8 @@ urlpatterns = [
         GrapheneView.as_view(schema=schema.graphene_schema, execution_context_class=DataloaderExecutionContext),
     ),
     path("strawberry/", StrawberryView.as_view(schema=schema.strawberry_schema)),
+    path(
+        "graphene-plain/",
+        GrapheneView.as_view(schema=schema.plain_schema, execution_context_class=DataloaderExecutionContext),
+    ),
 ]

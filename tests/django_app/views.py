@@ -124,3 +124,23 @@ def atomic(request: HttpRequest) -> HttpResponse:
         intact = connection.in_atomic_block and connection.connection is not None and not connection.needs_rollback
         visible = Tag.objects.filter(pk=created.pk).exists()
     return JsonResponse({"names": names, "intact": intact, "visible": visible, "in_transaction": in_transaction})
+
+
+def naive_rows() -> List[Dict[str, Any]]:
+    """The posts as code written without fiberloader: a plain loop of lazy loads (an N+1)."""
+    return [
+        {
+            "title": post.title,
+            "author": post.author.name,
+            "editor": post.editor.name if post.editor else None,
+            "comments": [{"body": c.body, "author": c.author.name} for c in post.comments.all()],
+            "tags": [tag.name for tag in post.tags.all()],
+            "bio": post.author.profile.bio if hasattr(post.author, "profile") else None,
+        }
+        for post in Post.objects.order_by("id")
+    ]
+
+
+def naive(request: HttpRequest) -> HttpResponse:
+    """An unchanged view: what FIBERLOADER_BATCH_LAZY_LOADS batches without a line of fiberloader."""
+    return JsonResponse({"posts": naive_rows()})
