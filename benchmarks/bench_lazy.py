@@ -60,8 +60,6 @@ import _report  # noqa: E402
 from _postgres import find_postgres, postgres_description, postgres_server  # noqa: E402
 
 POSTS, AUTHORS, COMMENTS, TAGS = 50, 10, 5, 8
-GRAPHQL_VARIANTS = ("naive", "lazy sync", "lazy async")
-REST_VARIANTS = ("naive", "lazy sync", "lazy async", "hand-written sync")
 RIGHT = (False, False, True, True, True)  # which columns are right-aligned
 
 
@@ -163,13 +161,13 @@ def django_variants() -> Dict[Tuple[str, str], Callable[[], Any]]:
         return call
 
     return {
-        ("REST", "naive"): views.naive_rows,
-        ("REST", "lazy sync"): lazily(schedulers["sync"], views.naive_rows),
-        ("REST", "lazy async"): lazily(schedulers["async"], views.naive_rows),
-        ("REST", "hand-written sync"): lambda: Dataloader.with_dataloading(handwritten_rows),
-        ("GraphQL", "naive"): graphql(None),
-        ("GraphQL", "lazy sync"): graphql("sync"),
-        ("GraphQL", "lazy async"): graphql("async"),
+        ("REST loop", "naive"): views.naive_rows,
+        ("REST loop", "lazy sync"): lazily(schedulers["sync"], views.naive_rows),
+        ("REST loop", "lazy async"): lazily(schedulers["async"], views.naive_rows),
+        ("REST loop", "hand-written sync"): lambda: Dataloader.with_dataloading(handwritten_rows),
+        ("Graphene-Django", "naive"): graphql(None),
+        ("Graphene-Django", "lazy sync"): graphql("sync"),
+        ("Graphene-Django", "lazy async"): graphql("async"),
     }
 
 
@@ -251,7 +249,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20, help="requests per round (default 20)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; the median is reported (default 7)")
-    parser.add_argument("--quick", action="store_true", help="2 requests x 2 rounds: a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 requests x 2 rounds, SQLite only unless --postgres: a smoke run")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--postgres", dest="postgres", action="store_true", default=None,
                        help="also on PostgreSQL (an error if it is not found)")
@@ -269,7 +268,9 @@ def main() -> None:
         sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "blog.sqlite3")}
         print(f"\nDjango, SQLite (a file), {POSTS} posts; {rounds} rounds of {requests} requests\n")
         print(_report.rst_table(headers, table(run_child(sqlite, requests, rounds)), RIGHT))
-    bin_dir, why = find_postgres(args.pg_bin) if args.postgres is not False else (None, "--no-postgres")
+    if args.postgres is None and args.quick:
+        args.postgres = False
+    bin_dir, why = find_postgres(args.pg_bin) if args.postgres is not False else (None, "--no-postgres or --quick")
     if bin_dir is None:
         if args.postgres:
             raise SystemExit(f"--postgres: {why}")
