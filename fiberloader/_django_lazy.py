@@ -125,7 +125,8 @@ class _LazyRelation(AssociationSource):
 
 
 def _peers_of(instance: Any) -> Optional[Peers]:
-    return instance._state.__dict__.get(_PEERS)
+    peers: Optional[Peers] = instance._state.__dict__.get(_PEERS)
+    return peers
 
 
 def _load(dataloader: Any, instance: Any, model: Any, name: str) -> None:
@@ -191,7 +192,7 @@ def _marking_class(descriptor: Any, manager_class: type) -> type:
         relation = (descriptor.field.model, descriptor.field.name)
 
     def get_queryset(self: Any) -> Any:
-        queryset = super(marking, self).get_queryset()
+        queryset = super(marking, self).get_queryset()  # type: ignore[arg-type]
         if queryset._result_cache is None:  # not prefetched
             setattr(queryset, _MARK, self)
         return queryset
@@ -220,7 +221,7 @@ def _fetch_all(self: Any) -> None:
             if filled._result_cache is not None:
                 self._result_cache = list(filled._result_cache)
     _originals["fetch_all"](self)
-    rows = self._result_cache
+    rows: List[Any] = self._result_cache or []
     if len(rows) > 1 and self._iterable_class is ModelIterable and _batching() is not None:
         group = Peers(rows)
         for row in rows:

@@ -42,7 +42,7 @@ class Same:
         return short_repr(self.instance)
 
 
-class Peers(list):  # of weakref.ref
+class Peers(List[Any]):  # of weakref.ref
     """Weak references to the instances one query returned.
 
     Every instance of the result holds the same ``Peers`` (so no instance
