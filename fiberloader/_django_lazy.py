@@ -220,14 +220,35 @@ def _fetch_all(self: Any) -> None:
             filled = manager.get_queryset()
             if filled._result_cache is not None:
                 self._result_cache = list(filled._result_cache)
+    queried = self._result_cache is None  # not filled from a batch above
     _originals["fetch_all"](self)
     rows: List[Any] = self._result_cache or []
-    if len(rows) > 1 and self._iterable_class is ModelIterable and _batching() is not None:
-        group = Peers(rows)
-        for row in rows:
-            if isinstance(row, Model):
-                row._state.__dict__[_PEERS] = group
+    if queried and len(rows) > 1 and self._iterable_class is ModelIterable and _batching() is not None:
+        _note_peers(rows, bool(self.query.select_related))
     return None
+
+
+def _note_peers(rows: List[Any], selected: bool) -> None:
+    """Make ``rows``, the instances one query returned, peers of one another.
+
+    With ``select_related`` the related instances the query built are
+    peers too, field by field (and theirs, level by level).  An instance
+    that has peers already keeps them: a parent that ``select_related`` or
+    a related manager put in the rows' caches came from another query.
+    """
+    group = Peers(rows)
+    related: Dict[str, Dict[int, Any]] = {}
+    for row in rows:
+        if not isinstance(row, Model):
+            continue
+        row._state.__dict__[_PEERS] = group
+        if selected:
+            for name, value in row._state.fields_cache.items():
+                if isinstance(value, Model) and _PEERS not in value._state.__dict__:
+                    related.setdefault(name, {})[id(value)] = value
+    for instances in related.values():
+        if len(instances) > 1:
+            _note_peers(list(instances.values()), selected)
 
 
 def _install() -> None:

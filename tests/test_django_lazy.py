@@ -334,3 +334,26 @@ def test_graphene_django_types_without_resolvers_run_the_minimal_queries(name: s
         assert body["data"] == json.loads(json.dumps(expected))
         assert c.count == count, (batching, c.sql)
     assert naive > 40
+
+
+def test_what_select_related_built_are_peers_too(scheduler: Type[Dataloader]) -> None:
+    def read(rows: List[Post]) -> Any:
+        return [p.author.profile.bio if hasattr(p.author, "profile") else None for p in rows]
+
+    expected, naive = plainly(lambda: read(list(Post.objects.select_related("author").order_by("id"))))
+    value, counted = in_jobs(scheduler, lambda dl: read(list(Post.objects.select_related("author").order_by("id"))))
+    assert value == expected
+    assert naive == 7 and counted.count == 2, counted.sql  # the posts with their authors, the profiles
+
+
+def test_a_batch_does_not_narrow_the_peers_it_filled(scheduler: Type[Dataloader]) -> None:
+    """Comments loaded for six posts stay peers of one another after each post's list is read."""
+
+    def job(dl: Dataloader) -> Any:
+        rows = posts()
+        comments = [c for p in rows for c in p.comments.all()]  # one query: twelve comment peers
+        return [c.author.name for c in comments]  # one query for their authors
+
+    expected, _ = plainly(lambda: [c.author.name for p in posts() for c in p.comments.all()])
+    value, counted = in_jobs(scheduler, job)
+    assert value == expected and counted.count == 3, counted.sql
