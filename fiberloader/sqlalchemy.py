@@ -28,44 +28,61 @@ A ``Session`` runs one statement at a time.  Under ``AsyncDataloader`` the
 fetches of different sources run concurrently, so the sources of this module
 take turns on a session (per dataloader); keep ``blocking = False`` on them
 (a ``Session`` must not be used from the thread pool).
+
+``batch_lazy_loads(Base)`` batches the ORM's own lazy loads, with no change
+to models or code: inside a job of ``Dataloader`` or ``AsyncDataloader``,
+``post.author`` that would emit a lazy ``SELECT`` loads through
+``AssociationSource`` instead (theory of operation: the comment above
+:func:`batch_lazy_loads`).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import uuid
+import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional, Set, Tuple
 
+from sqlalchemy import event, select, tuple_
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select, tuple_
 from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.orm import (
     InstanceState,
+    LoaderCallableStatus,
     Mapper,
+    PassiveFlag,
     QueryableAttribute,
     RelationshipDirection,
     RelationshipProperty,
     Session,
     aliased,
+    registry,
     scoped_session,
+    strategies,
 )
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.exc import UnmappedColumnError
 
 from ._errors import (
     ConfigurationError,
+    FiberloaderTypeError,
     KeyTypeError,
     SourceKeyError,
     SourceTypeError,
     class_name,
     short_repr,
 )
+from ._fibers import CURRENT
+from ._null import NullDataloader
+from ._orm import Same
 from ._source import Request, Source
 
 __all__ = [
     "RecordSource",
     "AssociationSource",
+    "batch_lazy_loads",
     "MultipleRecordsError",
     "InstanceStateError",
 ]
@@ -343,30 +360,6 @@ class RecordSource(Source[Any, Any]):
 # -- AssociationSource --------------------------------------------------------
 
 
-class _Same:
-    """A result key that compares instances by identity.
-
-    Instances of a model that defines ``__eq__`` (``MappedAsDataclass``
-    does) may be unhashable or equal to one another; the cache needs the
-    instance itself.  Holding the instance also keeps its ``id`` from being
-    reused while the cache entry lives.
-    """
-
-    __slots__ = ("instance",)
-
-    def __init__(self, instance: Any) -> None:
-        self.instance = instance
-
-    def __hash__(self) -> int:
-        return id(self.instance)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is _Same and other.instance is self.instance
-
-    def __repr__(self) -> str:
-        return short_repr(self.instance)
-
-
 class AssociationSource(Source[Any, Any]):
     """The value of one relationship of instances of ``model``, loaded in batches.
 
@@ -411,7 +404,7 @@ class AssociationSource(Source[Any, Any]):
     def result_key_for(self, key: Any) -> Hashable:
         if not isinstance(key, self.model):
             raise self._not_an_instance(key)
-        return _Same(key)
+        return Same(key)
 
     # -- the cache is the instance: loaded attributes need no batch ----------
 
@@ -528,6 +521,7 @@ class AssociationSource(Source[Any, Any]):
             for (index, instance, state), value in zip(todo, values):
                 set_committed_value(instance, self.name, value)
                 results[index] = state.dict.get(self.name, value)
+            _loaded_together(self.dataloader, values, bool(self.relationship.uselist))
         return results
 
     def _by_foreign_key(self, instances: List[Any]) -> List[Any]:
@@ -647,3 +641,307 @@ def _foreign_key_columns(mapper: "Mapper[Any]", prop: "RelationshipProperty[Any]
     except UnmappedColumnError:
         return None
     return local_name, remote_name
+
+
+# -- batch_lazy_loads: the ORM's own lazy loads, batched ----------------------
+#
+# Theory of operation
+# ===================
+#
+# 1. ``batch_lazy_loads(target)`` notes the target (a class, or a registry)
+#    and, the first time, patches ``_LazyLoader._emit_lazyload`` (2.0:
+#    ``LazyLoader``) and listens to every mapper's ``load`` event.
+#    SQLAlchemy calls ``_emit_lazyload`` only when a lazy load is about to
+#    run SQL: after its own shortcuts (a many-to-one whose target the
+#    identity map holds, a ``None`` foreign key, ``lazy="raise"``).
+# 2. The patched method takes the batching path only for a plain load (see
+#    ``_plain_load``): an attribute read on a persistent instance of an
+#    enabled mapper, without loader options, not during a flush, inside a
+#    job or fetch of a running ``Dataloader`` or ``AsyncDataloader``.
+#    Anything else calls SQLAlchemy's own method, unchanged.
+# 3. The batching path loads the instance -- and its *peers* -- with
+#    ``AssociationSource(session, parent model, relationship)``: the job
+#    parks, every pending access to that relationship in that session joins
+#    the batch, one statement fills them all with ``set_committed_value``,
+#    and the method returns ``ATTR_WAS_SET``: SQLAlchemy's attribute access
+#    then reads the value the batch put into the instance.
+# 4. Peers are what lets one job's plain loop batch (``for post in posts:
+#    post.author``): the other instances one query loaded (recorded by the
+#    ``load`` event, per ``QueryContext``) or one batch returned
+#    (``AssociationSource.fetch``), whose relationship is still unloaded.
+#    The first access requests them all; while that batch is pending, the
+#    other members' accesses only wait for it.  The groups live in a
+#    per-dataloader ``_PeerBook`` and hold the instances' states weakly.
+#
+# Not guaranteed: which statement loads a relationship (a peer may be
+# loaded before the code reads it, so a loop that stops early may load
+# more than it reads), and the order of rows that tie on the
+# relationship's ``order_by`` (the batch breaks ties by primary key).
+
+_LazyLoader: Any = getattr(strategies, "_LazyLoader", None) or getattr(strategies, "LazyLoader")
+
+_install_lock = threading.Lock()
+_original_emit: Optional[Callable[..., Any]] = None  # SQLAlchemy's _emit_lazyload, once patched
+_enabled_classes: "weakref.WeakSet[type]" = weakref.WeakSet()
+_enabled_registries: "weakref.WeakSet[registry]" = weakref.WeakSet()
+# mapper -> whether its lazy loads batch; emptied by every batch_lazy_loads call
+_enabled_mappers: "weakref.WeakKeyDictionary[Mapper[Any], bool]" = weakref.WeakKeyDictionary()
+_PEERS = ("fiberloader.sqlalchemy", "peers")  # a query's peer group, in its QueryContext.attributes
+
+
+def batch_lazy_loads(target: Any, enabled: bool = True) -> None:
+    """Batch the lazy loads of ``target``'s relationships in dataloader jobs.
+
+    Inside a job or fetch of a running ``Dataloader`` or ``AsyncDataloader``,
+    a relationship attribute access that would emit a lazy ``SELECT``
+    (``post.author``, ``post.comments``) waits for the next batch of
+    ``AssociationSource(session, Post, "author")`` instead: one statement
+    per relationship, session and round, which also loads the attribute of
+    the other instances the same query loaded (its peers).  The attribute
+    is filled as SQLAlchemy fills it: the same value, nothing marked dirty,
+    no SQL on the next access.  Outside a job, under ``NullDataloader``, and
+    for a load with loader options or flags (history, no autoflush),
+    SQLAlchemy's own lazy load runs, unchanged.  May suspend the calling
+    job until the batch is fetched.
+
+    Calling it again with the same target changes nothing.
+
+    Args:
+        target: a declarative base class (every model under it), a
+            ``sqlalchemy.orm.registry`` (every class it maps), or one mapped
+            class (and its subclasses).
+        enabled: ``False`` undoes an earlier call for the same target.
+
+    Raises:
+        FiberloaderTypeError: ``target`` is none of these.
+    """
+    targets = _targets_of(target)
+    if enabled:
+        _install()
+        targets.add(target)
+    else:
+        targets.discard(target)
+    _enabled_mappers.clear()
+
+
+def _targets_of(target: Any) -> "weakref.WeakSet[Any]":
+    """The set ``target`` belongs in: the registries or the classes."""
+    if isinstance(target, registry):
+        return _enabled_registries
+    if isinstance(target, type) and (
+        isinstance(sa_inspect(target, raiseerr=False), Mapper)
+        or isinstance(getattr(target, "registry", None), registry)
+    ):
+        return _enabled_classes
+    raise FiberloaderTypeError(
+        f"fiberloader.sqlalchemy.batch_lazy_loads({short_repr(target)}): the target must be a "
+        "declarative base class, a sqlalchemy.orm.registry or a mapped class, but got "
+        f"{type(target).__name__}. Pass the models' base class (class Base(DeclarativeBase)), "
+        "its registry (Base.registry), or one model class."
+    )
+
+
+def _install() -> None:
+    """Patch ``_emit_lazyload`` and listen to ``load`` events, once per process."""
+    global _original_emit
+    with _install_lock:
+        if _original_emit is not None:
+            return
+        _original_emit = _LazyLoader._emit_lazyload
+        _LazyLoader._emit_lazyload = _emit_lazyload
+        event.listen(Mapper, "load", _record_load, raw=True)
+
+
+def _enabled(mapper: "Mapper[Any]") -> bool:
+    """Whether ``mapper``'s class is under an enabled target (cached per mapper)."""
+    known = _enabled_mappers.get(mapper)
+    if known is None:
+        known = mapper.registry in _enabled_registries or any(
+            cls in _enabled_classes for cls in mapper.class_.__mro__
+        )
+        _enabled_mappers[mapper] = known
+    return known
+
+
+def _batching(dataloader: Any) -> bool:
+    """Whether ``dataloader`` batches and runs the calling code (a job or a fetch)."""
+    return not isinstance(dataloader, NullDataloader) and bool(dataloader._in_job())
+
+
+def _emit_lazyload(
+    strategy: Any,
+    session: Any,
+    state: "InstanceState[Any]",
+    primary_key_identity: Any,
+    passive: Any,
+    loadopt: Any,
+    *rest: Any,
+) -> Any:
+    """``_LazyLoader._emit_lazyload``: a plain load in a batching job joins a batch.
+
+    ``rest``: ``extra_criteria``, ``extra_options``,
+    ``alternate_effective_path``, ``execution_options`` (SQLAlchemy 2.0 and
+    2.1 alike).  Everything else is SQLAlchemy's own method.
+    """
+    dataloader = CURRENT.get()
+    if dataloader is not None and _plain_load(strategy, session, state, passive, loadopt, rest) and _batching(dataloader):
+        return _load_in_batch(dataloader, strategy, session, state)
+    return _original_emit(  # type: ignore[misc]
+        strategy, session, state, primary_key_identity, passive, loadopt, *rest
+    )
+
+
+def _plain_load(strategy: Any, session: Any, state: "InstanceState[Any]", passive: Any, loadopt: Any,
+                rest: Tuple[Any, ...]) -> bool:
+    """Whether a batch fills this lazy load exactly as SQLAlchemy would.
+
+    A plain attribute read (``PASSIVE_OFF``: no history, no-autoflush or
+    committed-state flags) of a persistent instance of an enabled mapper;
+    no loader option on the instance or the load; a target selectable on
+    its own (not an aliased class, not correlated to the parent); not
+    ``lazy="raise_on_sql"`` (SQLAlchemy's own method raises); not while
+    the session flushes (a flush event's load: parked there, the job would
+    leave the flush half-done while other jobs use the session).
+    """
+    if len(rest) != 4:  # another SQLAlchemy than 2.0/2.1: leave it alone
+        return False
+    extra_criteria, extra_options, alternate_path, execution_options = rest
+    return (
+        passive == PassiveFlag.PASSIVE_OFF
+        and state.key is not None
+        and state.identity_token is None  # horizontal sharding: SQLAlchemy's own load
+        and not state.load_options
+        and not extra_criteria
+        and not extra_options
+        and alternate_path is None
+        and not execution_options
+        and (loadopt is None or not loadopt._extra_criteria)
+        and not strategy._raise_on_sql
+        and not strategy.is_aliased_class
+        and not session._flushing
+        and not getattr(strategy.parent_property, "_target_correlates_to_parent", False)
+        and _enabled(state.mapper)
+    )
+
+
+def _load_in_batch(dataloader: Any, strategy: Any, session: Any, state: "InstanceState[Any]") -> Any:
+    """Load the attribute (and its peers') through ``AssociationSource``.
+
+    Returns ``ATTR_WAS_SET``: the batch set the attribute, SQLAlchemy reads
+    it from the instance.  May suspend the calling job until the batch is
+    fetched.
+    """
+    key = strategy.key
+    source = dataloader.with_(AssociationSource, session, strategy.parent.class_, key)
+    instance = state.obj()
+    group = dataloader.with_(_PeerBook).groups.get(state)
+    if group is None or source in group.asking:  # no peers, or they are in the pending batch
+        values = source.load_all([instance], return_exceptions=True)
+    else:
+        group.asking.add(source)
+        try:
+            values = source.load_all([instance, *group.unloaded(state, strategy)], return_exceptions=True)
+        finally:
+            group.asking.discard(source)
+    value = values[0]
+    if isinstance(value, Exception):
+        raise value
+    if key not in state.dict:  # expired again while the job waited: let SQLAlchemy set it
+        return value
+    return LoaderCallableStatus.ATTR_WAS_SET
+
+
+class _Peers:
+    """Instances one query or one batch loaded: each one's peers are the others.
+
+    Holds weak references to their states only; ``asking`` holds the
+    sources a member is loading all of them for right now.
+    """
+
+    __slots__ = ("members", "asking")
+
+    def __init__(self) -> None:
+        self.members: List["weakref.ref[InstanceState[Any]]"] = []
+        self.asking: Set[Any] = set()
+
+    def unloaded(self, state: "InstanceState[Any]", strategy: Any) -> List[Any]:
+        """The members besides ``state`` whose relationship a plain lazy load would load."""
+        key, parent, session_id = strategy.key, strategy.parent, state.session_id
+        found = []
+        for ref in self.members:
+            peer = ref()
+            if peer is None or peer is state:
+                continue
+            instance = peer.obj()
+            if (
+                instance is not None
+                and key not in peer.dict
+                and key not in peer.committed_state  # a change not flushed: no load
+                and key not in peer.callables  # a loader option's own lazy loader
+                and not peer.load_options
+                and peer.session_id == session_id
+                and peer.persistent
+                and peer.mapper.isa(parent)
+            ):
+                found.append(instance)
+        return found
+
+
+class _PeerBook(Source[Any, Any]):
+    """Not a data source: the peer group of each instance loaded in this dataloader's jobs.
+
+    Made by ``dataloader.with_(_PeerBook)``, so that it lives exactly as
+    long as the dataloader; it holds the states weakly (a group holds weak
+    references too), so it keeps no instance alive.  Its ``fetch`` is
+    never called.
+    """
+
+    def __init__(self) -> None:
+        self.groups: "weakref.WeakKeyDictionary[InstanceState[Any], _Peers]" = weakref.WeakKeyDictionary()
+
+    def add(self, group: _Peers, state: "InstanceState[Any]") -> None:
+        group.members.append(weakref.ref(state))
+        self.groups[state] = group
+
+    def fetch(self, keys: List[Any]) -> Any:  # pragma: no cover - nothing loads from it
+        raise NotImplementedError("_PeerBook holds peer groups; it loads nothing")
+
+
+def _record_load(state: "InstanceState[Any]", context: Any) -> None:
+    """The ``load`` event: instances one query loads in a batching job are peers.
+
+    Cheap when it does not apply: a context variable, then a cached flag.
+    """
+    dataloader = CURRENT.get()
+    if dataloader is None or not _enabled(state.mapper) or not _batching(dataloader):
+        return
+    attributes = context.attributes
+    entry = attributes.get(_PEERS)
+    if entry is None:
+        entry = attributes[_PEERS] = (dataloader.with_(_PeerBook), _Peers())
+    book, group = entry
+    book.add(group, state)
+
+
+def _loaded_together(dataloader: Any, values: List[Any], uselist: bool) -> None:
+    """Make the instances one ``AssociationSource`` batch returned peers of each other.
+
+    So that ``post.comments``, then ``comment.author`` for each comment, is
+    two statements; also the instances the session held already (the
+    ``load`` event records only new ones).
+    """
+    if not (_enabled_classes or _enabled_registries) or dataloader is None or not _batching(dataloader):
+        return  # lazy loads batch nowhere, or not here
+    book: Optional[_PeerBook] = None
+    group = _Peers()
+    seen: Set[int] = set()  # a many-to-one batch returns a target once per instance
+    for value in values:
+        for record in (value if uselist else (value,)):
+            if record is None or id(record) in seen:
+                continue
+            seen.add(id(record))
+            state: InstanceState[Any] = instance_state(record)
+            if _enabled(state.mapper):
+                if book is None:
+                    book = dataloader.with_(_PeerBook)
+                book.add(group, state)

@@ -1,8 +1,9 @@
 """The blog example (examples/blog): batched and naive serve the same JSON, batched with minimal SQL.
 
-Real parts throughout: a seeded SQLite file, the Flask app through its test
-client, and a real gunicorn with gevent workers driven by concurrent
-requests.
+Also the third mode: the naive code, unchanged, with SQLAlchemy's lazy
+loads batched (``lazy_loads=True``).  Real parts throughout: a seeded SQLite
+file, the Flask app through its test client, and a real gunicorn with
+gevent workers driven by concurrent requests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from examples.blog.app import create_app
+from examples.blog.models import Base
 from examples.blog.seed import seed
+from fiberloader.sqlalchemy import batch_lazy_loads
 
 from ._servers import fetch, gunicorn
 
@@ -309,3 +312,114 @@ def test_gunicorn_gevent_serves_concurrent_requests_each_its_own_answer(
             assert min(slow) < 50, slow  # the three 20 ms fetches overlapped
         else:
             assert min(slow) >= 55, slow
+
+
+# -- 4. the naive code, unchanged, with SQLAlchemy's lazy loads batched ----------------------
+
+
+@pytest.fixture(scope="module", params=BATCHING)
+def lazy(request: Any, database: str) -> Iterator[Tuple[str, FlaskClient]]:
+    """(scheduler name, client of the naive code served with ``lazy_loads=True``)."""
+    try:
+        with blog_client(database, batching=False, lazy_loads=True, dataloader_class=request.param) as client:
+            yield request.param, client
+    finally:
+        batch_lazy_loads(Base, enabled=False)  # a switch on the models: off for the other tests
+
+
+@pytest.fixture(scope="module")
+def sources(database: str) -> Iterator[FlaskClient]:
+    """The code written with sources (``batching=True``), under Dataloader: what minimal SQL is."""
+    with blog_client(database, dataloader_class="sync") as client:
+        yield client
+
+
+@contextmanager
+def lazy_loads_off() -> Iterator[None]:
+    batch_lazy_loads(Base, enabled=False)
+    try:
+        yield
+    finally:
+        batch_lazy_loads(Base)
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_the_naive_code_with_lazy_loads_batched_answers_as_the_naive_app(
+        naive: FlaskClient, lazy: Tuple[str, FlaskClient], url: str) -> None:
+    scheduler, client = lazy
+    expected, answer = get(naive, url), get(client, url)
+    assert answer.same_as(expected)
+    assert answer.headers["X-Dataloader"] == SCHEDULERS[scheduler]  # it runs in the request's dataloader
+
+
+@pytest.mark.parametrize("first", [1, 7, POSTS])
+def test_the_naive_posts_view_costs_the_minimal_sql(database: str, naive: FlaskClient,
+                                                    lazy: Tuple[str, FlaskClient], first: int) -> None:
+    """``[serialize_post_naive(post) for post in posts]``: the peers make one loop one batch per relationship."""
+    _, client = lazy
+    url = f"/api/posts?first={first}"
+    expected, answer = get(naive, url), get(client, url)
+    assert answer.same_as(expected)
+    assert answer.sql == minimal_statements(database, first) <= 5 < expected.sql
+
+
+@pytest.mark.parametrize("query, variables", [(POSTS_QUERY, {"first": 12})] + OTHER_QUERIES)
+def test_the_naive_resolvers_cost_what_the_sources_cost(naive: FlaskClient, sources: FlaskClient,
+                                                        lazy: Tuple[str, FlaskClient], query: str,
+                                                        variables: Any) -> None:
+    """graphql-core's own executor, the naive resolvers: the SQL of the resolvers written with sources."""
+    _, client = lazy
+    expected, answer = post_graphql(naive, query, variables), post_graphql(client, query, variables)
+    assert answer.same_as(expected), (answer.body, expected.body)
+    assert answer.sql == post_graphql(sources, query, variables).sql
+    assert answer.sql < expected.sql or expected.sql <= 1
+
+
+def test_the_naive_feed_keeps_its_count_per_post(naive: FlaskClient, lazy: Tuple[str, FlaskClient]) -> None:
+    """The feed's COUNT per post is a query of its own, not a lazy load: nothing to batch.
+
+    Its one lazy load (``user.posts``) is one statement either way.
+    """
+    _, client = lazy
+    for url in ["/api/users/16/feed", f"/api/users/{USERS}/feed"]:
+        expected, answer = get(naive, url), get(client, url)
+        assert answer.same_as(expected)
+        assert answer.sql == expected.sql == 2 + len(expected.body["posts"])
+
+
+@pytest.mark.parametrize("how", ["switch off", "NullDataloader"])
+def test_without_batching_the_naive_code_costs_the_naive_count(database: str, naive: FlaskClient,
+                                                               lazy: Tuple[str, FlaskClient], how: str) -> None:
+    scheduler, client = lazy
+    requests = [("GET", url) for url in URLS] + [("POST", query) for query, _ in OTHER_QUERIES[:3]]
+
+    def answers(c: FlaskClient) -> List[Answer]:
+        return [get(c, what) if method == "GET" else post_graphql(c, what) for method, what in requests]
+
+    expected = answers(naive)
+    if how == "switch off":
+        with lazy_loads_off():
+            got = answers(client)
+    else:
+        with blog_client(database, batching=False, lazy_loads=True, dataloader_class="null") as null:
+            got = answers(null)
+    assert [(a.status, a.body) for a in got] == [(a.status, a.body) for a in expected]
+    assert [a.sql for a in got] == [a.sql for a in expected]
+    assert sum(a.sql for a in expected) > 100  # the N+1 the batches avoid
+
+
+def test_the_wsgi_module_serves_the_lazy_mode_under_gunicorn(database: str, naive: FlaskClient,
+                                                             tmp_path: Path) -> None:
+    """BLOG_BATCHING=0 BLOG_LAZY_LOADS=1, gevent workers, AsyncDataloader, concurrent requests."""
+    urls = [f"/api/posts?first={1 + i % POSTS}" for i in range(30)] + ["/api/users/16/feed"] * 5
+    expected = {url: get(naive, url) for url in set(urls)}
+    env = {"BLOG_BATCHING": "0", "BLOG_LAZY_LOADS": "1"}
+    with gunicorn(database, "async", tmp_path / "gunicorn.log", env=env) as base:
+        with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+            answers = list(pool.map(lambda url: fetch(f"{base}{url}"), urls))
+    for url, (status, body, headers) in zip(urls, answers):
+        assert (status, body) == (expected[url].status, expected[url].body), url
+        assert headers["X-Dataloader"] == "AsyncDataloader"
+        if url.startswith("/api/posts"):
+            assert int(headers["X-SQL-Count"]) == minimal_statements(database, int(url.split("=")[1])), url
+    assert max(int(headers["X-Concurrent-Requests"]) for _, _, headers in answers) > 1

@@ -14,9 +14,13 @@ With ``batching=True`` each request runs in its own dataloader
 (``fiberloader.sqlalchemy.RecordSource`` and ``AssociationSource``, and two
 sources written here), so ``/api/posts`` costs at most 5 SQL statements
 whatever N.  With ``batching=False`` it is the same app written the usual
-way -- lazy-loaded relationships, a query per row -- the N+1 baseline.  The
+way -- lazy-loaded relationships, a query per row -- the N+1 baseline.
+``create_app(database, batching=False, lazy_loads=True)`` serves that naive
+code, unchanged, inside fiberloader's Flask integration with
+``fiberloader.sqlalchemy.batch_lazy_loads(Base)`` on: SQLAlchemy's own lazy
+loads batch, so ``/api/posts`` costs what the batched code costs.  The
 responses are identical; the ``X-SQL-Count`` header tells the difference,
-and in batching mode ``X-Fiberloader-Stats`` says what the request's
+and where a dataloader runs ``X-Fiberloader-Stats`` says what the request's
 dataloader did (``dataloader.stats``: fetches, keys, loads, cache hits and
 errors in all and per source, the most greenlets alive).
 
@@ -24,6 +28,7 @@ Run it (from the repository root)::
 
     python examples/blog/seed.py /tmp/blog.db
     python examples/blog/app.py /tmp/blog.db              # dev server, port 5000
+    python examples/blog/app.py /tmp/blog.db --naive --lazy-loads   # naive code, lazy loads batched
     curl -si 'localhost:5000/api/posts?first=50' | grep X-SQL-Count
 
 or under gunicorn, see ``examples/blog/wsgi.py``.
@@ -48,10 +53,10 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from examples.blog.models import Comment, Post, Tag, User
+from examples.blog.models import Base, Comment, Post, Tag, User
 from fiberloader import Dataloader, Source, current_dataloader
 from fiberloader import graphql as fiberloader_graphql
-from fiberloader.sqlalchemy import AssociationSource, RecordSource
+from fiberloader.sqlalchemy import AssociationSource, RecordSource, batch_lazy_loads
 
 __all__ = ["create_app", "get_session", "serialize_post", "serialize_post_naive", "build_schema"]
 
@@ -429,7 +434,8 @@ def stats_header(dataloader: Dataloader) -> str:
     return "; ".join(parts)
 
 
-def create_app(database: str, *, batching: bool = True, dataloader_class: Any = None) -> Flask:
+def create_app(database: str, *, batching: bool = True, lazy_loads: bool = False,
+               dataloader_class: Any = None) -> Flask:
     """The blog app on the SQLite file ``database``.
 
     Args:
@@ -437,17 +443,26 @@ def create_app(database: str, *, batching: bool = True, dataloader_class: Any = 
             (or an SQLAlchemy URL).
         batching: ``True``: views and resolvers load through fiberloader
             sources, in a dataloader per request.  ``False``: the naive N+1
-            baseline, without fiberloader.
+            baseline.
+        lazy_loads: ``True``: ``batch_lazy_loads(Base)`` (for the whole
+            process: it is a switch on the models), and every request runs
+            in a dataloader, so the naive code's lazy loads batch too.
+            ``False`` with ``batching=False``: the naive code without
+            fiberloader.
         dataloader_class: the scheduler (``"sync"``, ``"async"``,
             ``"null"``, a class); ``None``: ``app.config`` /
-            ``$FIBERLOADER_DATALOADER`` decide.  Ignored when not batching.
+            ``$FIBERLOADER_DATALOADER`` decide.  Ignored without a
+            dataloader (``batching=False, lazy_loads=False``).
     """
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep {"id", "title", ...} in order
     engine = _engine(database)
     event.listen(engine, "before_cursor_execute", _count_statement)
     blog = app.extensions["blog"] = BlogState(engine, batching)
-    if batching:
+    dataloading = batching or lazy_loads
+    if lazy_loads:
+        batch_lazy_loads(Base)
+    if dataloading:
         from fiberloader.flask import Fiberloader
 
         Fiberloader(app, dataloader_class=dataloader_class)
@@ -468,7 +483,7 @@ def create_app(database: str, *, batching: bool = True, dataloader_class: Any = 
         headers["X-SQL-Count"] = str(len(g.get("sql_statements", ())))
         headers["X-Elapsed-Ms"] = f"{(time.perf_counter() - g.get('started', 0)) * 1000:.1f}"
         headers["X-Concurrent-Requests"] = str(blog.in_flight)  # this one included
-        if batching:
+        if dataloading:
             headers["X-Dataloader"] = g.get("dataloader_name", "none")
             dataloader = current_dataloader()  # after_request runs in the request's job
             if dataloader is not None:
@@ -504,6 +519,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run the blog app on Flask's development server.")
     parser.add_argument("database", help="the SQLite file made by examples/blog/seed.py")
     parser.add_argument("--naive", action="store_true", help="the N+1 baseline, without fiberloader")
+    parser.add_argument("--lazy-loads", action="store_true",
+                        help="batch SQLAlchemy's lazy loads (with --naive: the naive code, unchanged, batched)")
     parser.add_argument("--dataloader", default=None,
                         help="sync, async or null (default: $FIBERLOADER_DATALOADER, else sync)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -511,7 +528,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.database).exists():
         parser.error(f"{args.database} does not exist: run python examples/blog/seed.py {args.database}")
-    app = create_app(args.database, batching=not args.naive, dataloader_class=args.dataloader)
+    app = create_app(args.database, batching=not args.naive, lazy_loads=args.lazy_loads,
+                     dataloader_class=args.dataloader)
     app.run(host=args.host, port=args.port)
     return 0
 
