@@ -24,6 +24,21 @@ up to 3 tags per post, seeded by this script):
 * **GraphQL, lazy sync / lazy async**: the same schema executed with
   ``fiberloader.graphql.DataloaderExecutionContext`` and the setting on.
 
+SQLAlchemy (the example blog, ``examples/blog``, seeded with 200 posts; 50
+per request):
+
+* **blog REST** (``/api/posts?first=50``) and **blog GraphQL** (the same
+  posts with authors, comments, commenters and tags), through Flask's test
+  client: **naive** (``create_app(batching=False)``: lazy loads, one query
+  per row), **lazy sync / lazy async** (the same naive code with
+  ``lazy_loads=True``: ``batch_lazy_loads(Base)`` and a dataloader per
+  request), **hand-written sync** (``batching=True``: the app's sources).
+* **graphene-sqlalchemy**: ``SQLAlchemyObjectType``\ s with no resolvers
+  over the blog's models: **naive** (graphene's execution), **lazy sync /
+  lazy async** (``DataloaderExecutionContext``, ``batch_lazy_loads``), and
+  **own batching** (graphene-sqlalchemy's ``batching = True``: aiodataloader
+  under ``schema.execute_async``).
+
 Each variant's response is checked equal to the naive one; a mismatch
 aborts.  Columns: SQL statements per request, the median time per request
 (ms) over ``--rounds`` rounds of ``--requests`` requests, and that time as
@@ -181,17 +196,32 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def measure(variants: Dict[Tuple[str, str], Callable[[], Any]], requests: int, rounds: int) -> Dict[str, Any]:
-    """Statements and the median time per request of each variant, rounds interleaved."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
+class django_statements:
+    """The statements Django ran inside the block: ``.count`` after it."""
 
+    def __enter__(self) -> "django_statements":
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        self._capture = CaptureQueriesContext(connection)
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._capture.__exit__(*exc)
+        self.count = len(self._capture)
+
+
+def measure(variants: Dict[Tuple[str, str], Callable[[], Any]], requests: int, rounds: int,
+            counter: Any) -> Dict[str, Any]:
+    """Statements and the median time per request of each variant, rounds interleaved."""
     expected: Dict[str, Any] = {}
     statements: Dict[Tuple[str, str], int] = {}
     for key, call in variants.items():
-        with CaptureQueriesContext(connection) as queries:
+        call()  # warm: imports, compiled statements
+        with counter() as counted:
             value = json.loads(json.dumps(call()))
-        statements[key] = len(queries)
+        statements[key] = counted.count
         workload = key[0]
         if workload in expected and canonical(value) != canonical(expected[workload]):
             raise SystemExit(f"{workload} {key[1]}: the response differs from the naive variant's:\n"
@@ -213,18 +243,140 @@ def measure(variants: Dict[Tuple[str, str], Callable[[], Any]], requests: int, r
 def child(database: Dict[str, Any], requests: int, rounds: int) -> None:
     configure_django(database)
     seed_django()
-    print(json.dumps(measure(django_variants(), requests, rounds)))
+    print(json.dumps(measure(django_variants(), requests, rounds, django_statements)))
+
+
+# -- SQLAlchemy: the example blog, and graphene-sqlalchemy over its models ---------------
+
+BLOG_QUERY = "{ posts(first: 50) { title author { name } comments { body author { name } } tags { name } } }"
+GRAPHENE_QUERY = "{ posts { title author { name } comments { body author { name } } tags { name } } }"
+
+
+def graphene_sqlalchemy_schema(batching: bool) -> Any:
+    """The blog's models as ``SQLAlchemyObjectType``\\ s without resolvers (but the root list)."""
+    import graphene
+    from sqlalchemy.orm import strategies
+
+    if batching and not hasattr(strategies, "SelectInLoader"):
+        # graphene-sqlalchemy 3.0.0rc2 batches only if strategies.SelectInLoader exists; SQLAlchemy
+        # 2.1 renamed it _SelectInLoader, which turns its batching off without a word.  Give it the
+        # name back, so that its row shows its batching (before its converter module is imported).
+        strategies.SelectInLoader = strategies._SelectInLoader  # type: ignore[attr-defined]
+    from graphene_sqlalchemy import SQLAlchemyObjectType
+    from graphene_sqlalchemy.registry import Registry
+    from sqlalchemy import select
+
+    from examples.blog.models import Comment, Post, Tag, User
+
+    registry = Registry()
+
+    def object_type(model: Any) -> Any:
+        meta = type("Meta", (), {"model": model, "registry": registry, "batching": batching})
+        return type(f"{model.__name__}Type", (SQLAlchemyObjectType,), {"Meta": meta})
+
+    user, post, _, _ = (object_type(model) for model in (User, Post, Comment, Tag))
+
+    def resolve_posts(root: Any, info: Any) -> Any:
+        return info.context["session"].scalars(select(Post).order_by(Post.id).limit(50)).all()
+
+    query = type("Query", (graphene.ObjectType,), {
+        "posts": graphene.List(graphene.NonNull(post)), "resolve_posts": resolve_posts,
+    })
+    return graphene.Schema(query=query, types=[user])
+
+
+def sqlalchemy_variants(url: str) -> Dict[Tuple[str, str], Callable[[], Any]]:
+    import asyncio
+
+    from sqlalchemy.orm import Session
+
+    from examples.blog.app import create_app
+    from fiberloader.graphql import DataloaderExecutionContext
+
+    apps = {
+        "naive": create_app(url, batching=False),
+        "lazy sync": create_app(url, batching=False, lazy_loads=True, dataloader_class="sync"),
+        "lazy async": create_app(url, batching=False, lazy_loads=True, dataloader_class="async"),
+        "hand-written sync": create_app(url, batching=True, dataloader_class="sync"),
+    }
+    clients = {name: app.test_client() for name, app in apps.items()}
+    engine = apps["naive"].extensions["blog"].engine
+
+    def rest(client: Any) -> Callable[[], Any]:
+        return lambda: client.get("/api/posts?first=50").get_json()
+
+    def blog_graphql(client: Any) -> Callable[[], Any]:
+        return lambda: client.post("/graphql", json={"query": BLOG_QUERY}).get_json()
+
+    own, plain = graphene_sqlalchemy_schema(True), graphene_sqlalchemy_schema(False)
+    contexts = {name: type(f"{name}Context", (DataloaderExecutionContext,), {"dataloader_setting": name})
+                for name in ("sync", "async")}
+
+    def graphene(scheduler: Optional[str]) -> Callable[[], Any]:
+        def call() -> Any:
+            with Session(engine) as session:
+                if scheduler is None:
+                    result = plain.execute(GRAPHENE_QUERY, context_value={"session": session})
+                else:
+                    result = plain.execute(GRAPHENE_QUERY, context_value={"session": session},
+                                           execution_context_class=contexts[scheduler])
+            assert result.errors is None, result.errors
+            return result.data
+        return call
+
+    def graphene_own() -> Any:
+        with Session(engine) as session:
+            result = asyncio.run(own.execute_async(GRAPHENE_QUERY, context_value={"session": session}))
+        assert result.errors is None, result.errors
+        return result.data
+
+    variants: Dict[Tuple[str, str], Callable[[], Any]] = {}
+    for name, client in clients.items():
+        variants["blog REST", name] = rest(client)
+    for name, client in clients.items():
+        variants["blog GraphQL", name] = blog_graphql(client)
+    variants["graphene-sqlalchemy", "naive"] = graphene(None)
+    variants["graphene-sqlalchemy", "lazy sync"] = graphene("sync")
+    variants["graphene-sqlalchemy", "lazy async"] = graphene("async")
+    variants["graphene-sqlalchemy", "own batching"] = graphene_own
+    return variants
+
+
+def sqlalchemy_child(url: str, requests: int, rounds: int) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from examples.blog.seed import seed
+
+    seed(url, posts=200)
+    variants = sqlalchemy_variants(url)
+
+    statements: List[str] = []
+    event.listen(Engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    class Counter:
+        """The statements every engine ran inside the block: ``.count`` after it."""
+
+        def __enter__(self) -> "Counter":
+            statements.clear()
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.count = len(statements)
+
+    print(json.dumps(measure(variants, requests, rounds, Counter)))
 
 
 # -- the parent: one child per database, the tables --------------------------------------
 
 
-def run_child(database: Dict[str, Any], requests: int, rounds: int) -> Dict[str, Any]:
-    argv = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(database),
+def run_child(kind: str, database: Any, requests: int, rounds: int) -> Dict[str, Any]:
+    """Run one ORM's variants on one database in a child process; its figures."""
+    argv = [sys.executable, os.path.abspath(__file__), "--child", json.dumps([kind, database]),
             "--requests", str(requests), "--rounds", str(rounds)]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        raise SystemExit(f"the {database['ENGINE']} run failed:\n{done.stdout}{done.stderr}")
+        raise SystemExit(f"the {kind} run on {database} failed:\n{done.stdout}{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -260,14 +412,22 @@ def main() -> None:
     args = parser.parse_args()
     requests, rounds = (2, 2) if args.quick else (args.requests, args.rounds)
     if args.child:
-        child(json.loads(args.child), requests, rounds)
+        kind, database = json.loads(args.child)
+        (child if kind == "django" else sqlalchemy_child)(database, requests, rounds)
         return
-    _report.print_machine_info(["fiberloader", "Django", "graphene-django", "graphene", "graphql-core", "gevent"])
+    _report.print_machine_info(["fiberloader", "Django", "graphene-django", "SQLAlchemy", "graphene-sqlalchemy",
+                                "Flask", "graphene", "graphql-core", "gevent", "aiodataloader"])
     headers = ["workload", "variant", "SQL / request", "ms / request", "/ naive"]
+    print(f"\n{rounds} rounds of {requests} requests per variant, interleaved; the median round")
+
+    def report(title: str, django: Dict[str, Any], url: str) -> None:
+        print(f"\n{title}\n")
+        results = {**run_child("django", django, requests, rounds), **run_child("sqlalchemy", url, requests, rounds)}
+        print(_report.rst_table(headers, table(results), RIGHT))
+
     with tempfile.TemporaryDirectory(prefix="bench_lazy.") as directory:
-        sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "blog.sqlite3")}
-        print(f"\nDjango, SQLite (a file), {POSTS} posts; {rounds} rounds of {requests} requests\n")
-        print(_report.rst_table(headers, table(run_child(sqlite, requests, rounds)), RIGHT))
+        report("SQLite (a file)", {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(directory, "django.db")},
+               os.path.join(directory, "blog.db"))
     if args.postgres is None and args.quick:
         args.postgres = False
     bin_dir, why = find_postgres(args.pg_bin) if args.postgres is not False else (None, "--no-postgres or --quick")
@@ -277,8 +437,9 @@ def main() -> None:
         print(f"\nPostgreSQL skipped: {why}")
         return
     with postgres_server(bin_dir) as conninfo:
-        print(f"\nDjango, PostgreSQL {postgres_description(bin_dir)}, {POSTS} posts\n")
-        print(_report.rst_table(headers, table(run_child(postgres_database(conninfo), requests, rounds)), RIGHT))
+        fields = dict(part.split("=", 1) for part in conninfo.split())
+        url = f"postgresql+psycopg://{fields['user']}@{fields['host']}:{fields['port']}/{fields['dbname']}"
+        report(f"PostgreSQL {postgres_description(bin_dir)}", postgres_database(conninfo), url)
 
 
 if __name__ == "__main__":

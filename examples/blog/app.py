@@ -417,9 +417,11 @@ def _count_statement(conn: Any, cursor: Any, statement: str, parameters: Any, co
 
 def _engine(database: str) -> Engine:
     url = database if "://" in database else f"sqlite:///{database}"
+    # sqlite3 connections may serve the request greenlets of other threads' pools
+    connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
     # pool: one connection per concurrent request, never a wait for one (under
     # gevent a wait would switch greenlets in the middle of a session's work)
-    return create_engine(url, connect_args={"check_same_thread": False}, pool_size=10, max_overflow=-1)
+    return create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=-1)
 
 
 def stats_header(dataloader: Dataloader) -> str:

@@ -49,16 +49,19 @@ def seed(path: Union[str, "os.PathLike[str]"], users: int = 50, posts: int = 200
     """(Re)create the SQLite database at ``path`` with deterministic content.
 
     Every post has a random author, ``comments_per_post`` comments by random
-    users and zero to three tags.  An existing file is replaced.
+    users and zero to three tags.  An existing file is replaced.  ``path``
+    may also be an SQLAlchemy URL (``postgresql+psycopg://...``): the
+    blog's tables there are dropped and created again.
     """
     if users < 1 or posts < 0 or comments_per_post < 0 or tags < 0:
         raise ValueError("seed() needs at least one user and no negative counts")
     rng = random.Random(SEED)
     path = os.fspath(path)
-    if os.path.exists(path):
+    if "://" not in path and os.path.exists(path):
         os.remove(path)
-    engine = create_engine(f"sqlite:///{path}")
+    engine = create_engine(path if "://" in path else f"sqlite:///{path}")
     try:
+        Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
         user_rows = [{"id": i, "name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)} #{i}"}
                      for i in range(1, users + 1)]
