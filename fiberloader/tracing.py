@@ -74,6 +74,7 @@ from typing import Any, Dict, Hashable, List, Optional, Set, Tuple
 from greenlet import getcurrent
 
 from ._errors import class_name, short_repr
+from ._orm import Same
 from ._extensions import Extension, around, fetch_result_keys
 from ._source import _hashable
 
@@ -622,8 +623,7 @@ def _key_text(key: Any) -> str:
     if kind is tuple:
         shown = ", ".join(_key_text(item) for item in key[:8])
         return "(" + shown + (", ..." if len(key) > 8 else "," if len(key) == 1 else "") + ")"
-    orm = sys.modules.get("fiberloader.sqlalchemy")
-    if orm is not None and kind is getattr(orm, "_Same", None):  # AssociationSource's result key
+    if kind is Same:  # an ORM lazy load's or AssociationSource's result key
         return _key_text(key.instance)
     sqlalchemy = sys.modules.get("sqlalchemy")
     if sqlalchemy is not None:
