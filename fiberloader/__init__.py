@@ -25,6 +25,7 @@ from ._null import NullDataloader
 from ._settings import dataloader_class
 from ._source import Request, RequestAll, Source
 from ._stats import SourceStats
+from ._worker import release_idle_greenlets
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ __all__ = (
     "SourceTypeError",
     "current_dataloader",
     "dataloader_class",
+    "release_idle_greenlets",
 )
 
 

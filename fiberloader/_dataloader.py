@@ -12,7 +12,7 @@ Where things live
   phases, deadlocks, cancellation, the end of a run), with the rules of
   the house: who may change which field;
 * ``fiberloader._worker``: the worker side (its body, the park / resume
-  handshake, adding keys to a run's pending keys, the kept-greenlet pool);
+  handshake, adding keys to a run's pending keys, the pool of idle workers);
 * ``fiberloader._source``: a source's cache and in-flight keys (the only
   module that writes them); ``fiberloader._loops``: ``map`` and the loops
   other workers take over.
@@ -44,11 +44,13 @@ whose parent is the hub); the hub only decides who runs next.
    finishes its job and takes the next queued one; a worker with nothing
    left to do goes idle.  Back to 1 until no job is queued or parked.
 
-When ``run()`` returns or raises, every worker it started has ended: idle
-ones are stopped, parked ones (after a failure) get ``GreenletExit`` so
-their ``finally`` blocks and ``cleanup_fiber`` run.  The one exception is
-opt-in: with ``keep_greenlets``, idle workers of a successful run wait in a
-per-thread pool, holding nothing of the run, for the next run to reuse.
+When ``run()`` returns or raises, no worker is running or holds anything
+of the run: parked ones (after a failure) get ``GreenletExit`` so their
+``finally`` blocks and ``cleanup_fiber`` run; idle ones of a run that
+succeeded wait in a bounded pool of the calling OS thread for the next run
+(``keep_greenlets``, the ``FIBERLOADER_KEEP_GREENLETS`` setting), their
+hooks run and everything of the run dropped (``fiberloader._worker``), and
+the rest end.
 
 AsyncDataloader runs this same loop with the primitives swapped: there
 workers are gevent greenlets, many can be running at once, and the hub
@@ -67,9 +69,10 @@ beyond that, or which worker greenlet runs a given job.
 
 Why the hub starts every worker: a greenlet inherits the recursion depth of
 the greenlet that first switches into it, so workers started from inside
-parked jobs would each start deeper than the last (PITFALLS).  Starting a
-greenlet costs ~10 us and resuming one ~0.4 us here, so workers are reused
-within a run and none is started for a job that never waits.
+parked jobs would each start deeper than the last (PITFALLS).  Starting and
+ending a greenlet costs ~6.5 us more than resuming one, so workers are
+reused within a run and across runs (the pool), and none is started for a
+job that never waits.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ from ._loops import MapLoop
 from ._run import Pending, Run
 from ._source import Source, as_list
 from ._stats import DataloaderStats, SourceStats
-from ._worker import WorkerSide, kept_pool
+from ._worker import WorkerSide, keep_bound, release_idle_greenlets
 
 __all__ = ["Dataloader", "DataloaderStats", "SourceStats"]
 
@@ -151,12 +154,13 @@ class Dataloader(WorkerSide):
     #: Resume a job as soon as its own keys are fetched, not when the whole
     #: round is (only AsyncDataloader's fetches overlap, so only it offers it).
     eager_resume = False
-    #: Opt-in: keep up to this many idle worker greenlets in a per-thread pool
-    #: when a run ends, for later runs of this class to reuse.  Starting and
-    #: ending a greenlet costs ~7 us, resuming a kept one ~0.7 us; each kept
-    #: greenlet holds ~11 KiB.  0 (the default): every greenlet a run started
-    #: has ended when run() returns.  See release_kept_greenlets().
-    keep_greenlets = 0
+    #: The most idle worker greenlets a run leaves in its OS thread's pool
+    #: for later runs (of any class) to reuse; 0: none, every greenlet a run
+    #: started has ended when it returns.  ``None`` (the default): the
+    #: ``FIBERLOADER_KEEP_GREENLETS`` setting, else 256.  Each pooled
+    #: greenlet saves ~6.5 us per run that reuses it and holds ~8 KiB.  An
+    #: instance holds the resolved int.  See fiberloader.release_idle_greenlets().
+    keep_greenlets: Optional[int] = None
     #: Extensions every instance of this class gets, before those of the
     #: ``extensions`` argument (or the ``FIBERLOADER_EXTENSIONS`` setting).
     extensions: Tuple[Any, ...] = ()
@@ -174,6 +178,7 @@ class Dataloader(WorkerSide):
         #: the setting's (``fiberloader._extensions``).
         self.extensions: Tuple[Any, ...] = resolve_extensions(type(self), extensions)
         self._hooks: Optional[Hooks] = hooks_of(self.extensions)
+        self.keep_greenlets: int = keep_bound(type(self))
 
     def _add_extensions(self, *extensions: Any) -> None:
         """Attach more extensions (the integrations' own), before the first run."""
@@ -236,18 +241,12 @@ class Dataloader(WorkerSide):
 
     @classmethod
     def release_kept_greenlets(cls) -> int:
-        """End the greenlets this class keeps for reuse in the current thread.
+        """End the idle greenlets the calling thread keeps for later runs; return how many.
 
-        Returns how many ended.  Only matters with ``keep_greenlets``.
+        The pool is the thread's, shared by every class: this is
+        ``fiberloader.release_idle_greenlets()``.
         """
-        kept = kept_pool(cls)
-        count = 0
-        while kept:
-            worker = kept.pop()
-            worker.parent = getcurrent()
-            worker.throw()
-            count += 1
-        return count
+        return release_idle_greenlets()
 
     def clear_cache(self) -> None:
         """Forget the cached results of every source of this dataloader."""
@@ -321,8 +320,10 @@ class Dataloader(WorkerSide):
 
         Fetches pending batches whenever no job can proceed.  An exception
         raised by a job propagates; the other jobs are then abandoned and
-        their greenlets ended.  No greenlet this call started is alive when
-        it returns or raises.
+        their greenlets ended.  When it returns or raises, no greenlet this
+        call started is running or holds anything of the run: up to
+        ``keep_greenlets`` idle ones (none after a failure) wait in the
+        thread's pool for a later run, the others have ended.
 
         Raises:
             FiberloaderError: ``run()`` was called while this dataloader is
@@ -435,7 +436,9 @@ class Dataloader(WorkerSide):
     # -- lifecycle hooks ------------------------------------------------------
 
     def get_fiber_variables(self) -> Any:
-        """Called in the parent right before a worker greenlet starts.
+        """Called in the parent right before a run gives a worker greenlet its first task.
+
+        (A new greenlet, or an idle one from the thread's pool.)
 
         Returns what the child needs; default: a copy of the parent's
         ``contextvars`` context.  Override to add what is not in a
@@ -444,7 +447,7 @@ class Dataloader(WorkerSide):
         return copy_context()
 
     def set_fiber_variables(self, variables: Any) -> None:
-        """Called first thing inside each new worker greenlet.
+        """Called first thing inside each worker greenlet, each time a run takes it.
 
         Default: enter the copied context, so every ``ContextVar`` set
         around ``run()`` (Flask's ``request``, Django's, yours) is visible in
@@ -454,10 +457,12 @@ class Dataloader(WorkerSide):
             getcurrent().gr_context = variables
 
     def cleanup_fiber(self) -> None:
-        """Called last thing inside each worker greenlet, also when it failed.
+        """Called last thing inside each worker greenlet of a run, also when it failed.
 
-        The place to release per-greenlet resources (a database connection
-        opened in a job or fetch).  Default: nothing.  Extensions
+        Once per greenlet per run: before it ends, or goes back to the
+        thread's pool of idle workers.  The place to release per-greenlet
+        resources (a database connection opened in a job or fetch): nothing
+        may be left for the next run.  Default: nothing.  Extensions
         (``fiber_started`` / ``fiber_finished``) do the same without a
         subclass.
         """

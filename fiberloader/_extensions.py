@@ -30,7 +30,9 @@ from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tupl
 from greenlet import getcurrent
 
 from ._errors import ConfigurationError, short_repr
-from ._frameworks import EXTENSIONS_SETTING, LAZY_LOADS_SETTING, TRACE_VARIABLE, django_setting, framework_setting
+from ._frameworks import (
+    EXTENSIONS_SETTING, KEEP_GREENLETS_SETTING, LAZY_LOADS_SETTING, TRACE_VARIABLE, django_setting, framework_setting,
+)
 from ._source import _hashable
 
 __all__ = ["Extension", "Hooks", "HOOKS", "around", "fetch_result_keys", "hooks_of", "resolve_extensions"]
@@ -229,13 +231,14 @@ _decode = getattr(os.environ, "decodevalue", None)
 if isinstance(_raw, dict) and _decode is not None:
     _EXTENSIONS_KEY: Any = os.environ.encodekey(EXTENSIONS_SETTING)  # type: ignore[attr-defined]
     _TRACE_KEY: Any = os.environ.encodekey(TRACE_VARIABLE)  # type: ignore[attr-defined]
+    KEEP_GREENLETS_KEY: Any = os.environ.encodekey(KEEP_GREENLETS_SETTING)  # type: ignore[attr-defined]
 
     def _environment(key: Any) -> Optional[str]:
         value = _raw.get(key)  # type: ignore[union-attr]
         return None if value is None else _decode(value)  # type: ignore[misc]
 
 else:  # pragma: no cover - another os.environ
-    _EXTENSIONS_KEY, _TRACE_KEY = EXTENSIONS_SETTING, TRACE_VARIABLE
+    _EXTENSIONS_KEY, _TRACE_KEY, KEEP_GREENLETS_KEY = EXTENSIONS_SETTING, TRACE_VARIABLE, KEEP_GREENLETS_SETTING
 
     def _environment(key: Any) -> Optional[str]:
         return os.environ.get(key)

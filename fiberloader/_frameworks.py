@@ -11,14 +11,15 @@ import sys
 from typing import Any, Tuple
 
 __all__ = [
-    "SETTING_NAME", "EXTENSIONS_SETTING", "TRACE_VARIABLE", "LAZY_LOADS_SETTING", "framework_setting",
-    "django_setting",
+    "SETTING_NAME", "EXTENSIONS_SETTING", "TRACE_VARIABLE", "LAZY_LOADS_SETTING", "KEEP_GREENLETS_SETTING",
+    "framework_setting", "django_setting",
 ]
 
 SETTING_NAME = "FIBERLOADER_DATALOADER"  # the key in Flask's app.config and Django's settings
 EXTENSIONS_SETTING = "FIBERLOADER_EXTENSIONS"  # "package.module:Factory" paths
 TRACE_VARIABLE = "FIBERLOADER_TRACE"  # a path: every dataloader writes a Perfetto trace there
 LAZY_LOADS_SETTING = "FIBERLOADER_BATCH_LAZY_LOADS"  # Django: batch the ORM's lazy loads in jobs
+KEEP_GREENLETS_SETTING = "FIBERLOADER_KEEP_GREENLETS"  # the bound of each thread's pool of idle workers
 
 
 def framework_setting(name: str) -> Tuple[Any, str]:

@@ -11,7 +11,8 @@ in *workers* (``fiberloader._worker``).  This module is the hub's side:
    ``fetch`` in a worker.  A fetch that waits on another source parks; the
    hub starts the fetches it waits for and resumes it, until all are done.
 3. Back to 1, until nothing is queued, parked or pending; then
-   :meth:`Run.close` ends every worker.
+   :meth:`Run.close` ends every worker, or leaves idle ones in the thread's
+   pool for a later run (``fiberloader._worker``).
 
 Rules of the house
 ==================
@@ -57,7 +58,7 @@ from greenlet import getcurrent
 from ._errors import DeadlockError, InvariantError, describe_wait, short_repr
 from ._fibers import Cancelled, Worker
 from ._source import Batch, Source
-from ._worker import DEADLOCK, JOBS, KEEP, STOP, kept_pool, worker_main
+from ._worker import DEADLOCK, JOBS, KEEP, STOP, idle_pool, kept, worker_main
 
 __all__ = ["Run", "Pending"]
 
@@ -90,6 +91,7 @@ class Run:
         "deadlock_progress",
         "deadlock_rounds",
         "cleanup",
+        "keep",
         "wake",
         "concurrent",
         "expiring",
@@ -126,6 +128,10 @@ class Run:
         self.deadlock_progress = -1  # progress when the last deadlock was broken
         self.deadlock_rounds = 0  # deadlocks broken since progress was last made
         self.cleanup = cleanup  # whether cleanup_fiber is overridden (else skip the call)
+        # The most idle workers this run may leave in the thread's pool (and
+        # take from it): none for a nested run, whose hub is a worker -- its
+        # workers would carry that hub's stack depth on (fiberloader._worker).
+        self.keep = 0 if isinstance(hub, Worker) else dataloader.keep_greenlets
         self.wake = wake  # concurrent schedulers: what the hub blocks on
         # Workers may run at once (AsyncDataloader): the hub blocks until
         # none is running, and every booking that may end a phase wakes it.
@@ -345,16 +351,16 @@ class Run:
             return
         variables = dataloader.get_fiber_variables()
         stats = dataloader.stats
-        kept = kept_pool(type(dataloader)) if dataloader.keep_greenlets else None
-        if kept:
-            worker = kept.pop()
+        stats.greenlets += 1
+        pool = idle_pool() if self.keep else None
+        if pool:
+            worker = pool.pop()
             worker.parent = dataloader._worker_parent(self)
             worker.owner = self
             stats.reused += 1
             arguments: Tuple[Any, ...] = ((self, variables, task),)  # what its pool wait returns
         else:
             worker = Worker(worker_main, dataloader._worker_parent(self), self)
-            stats.greenlets += 1
             # In a list the worker empties: a greenlet's first-switch
             # arguments stay referenced for as long as it lives.
             arguments = ([self, variables, task],)
@@ -470,13 +476,17 @@ class Run:
     # -- the end ---------------------------------------------------------------------
 
     def close(self, failed: bool) -> None:
-        """End every worker; raise a cleanup error if the run succeeded."""
+        """End every worker (but idle ones the thread's pool takes); raise a cleanup error if the run succeeded.
+
+        Only a run that succeeded gives workers to the pool: after a failure
+        (an exception, a timeout, a kill) a worker may have stopped anywhere.
+        """
         dataloader = self.dataloader
         self.closing = True
         errors: List[BaseException] = []
         idle = set(self.idle)
         here = getcurrent()
-        kept = kept_pool(type(dataloader)) if dataloader.keep_greenlets and not failed else None
+        give = KEEP if self.keep and not failed else STOP  # KEEP: it goes to the pool if there is room
         for _ in range(3):
             if not self.workers:
                 break
@@ -488,12 +498,13 @@ class Run:
                 worker.parent = here  # an ended greenlet returns to its parent: to us
                 try:
                     if worker in idle:
-                        keep = kept is not None and len(kept) < dataloader.keep_greenlets
-                        worker.switch(KEEP if keep else STOP)
+                        worker.switch(give)
                     else:
                         worker.throw()
                 except BaseException as error:  # a cleanup_fiber or finally that raised
                     errors.append(error)
+        if give is KEEP:
+            kept()
         if failed:  # the jobs not started yet are abandoned too, not left for the next run()
             self.jobs.clear()
             self.later.clear()

@@ -47,14 +47,16 @@ class DataloaderStats:
     totals (``loads``, ``cache_hits``, ``fetches``, ``keys_fetched``,
     ``errors``) add up every source this dataloader had, also those a web
     request's end dropped.  ``greenlets``, ``reused`` and ``max_alive``
-    count worker greenlets.
+    count worker greenlets: those the runs used (the same with the pool of
+    idle workers on or off), those of them taken from the pool, the most
+    alive at once.
     """
 
     __slots__ = ("greenlets", "reused", "max_alive", "_sources", "_dropped")
 
     def __init__(self, sources: Dict[type, Dict[Hashable, Any]]) -> None:
-        self.greenlets = 0  #: worker greenlets started
-        self.reused = 0  #: kept greenlets taken from the thread's pool (keep_greenlets)
+        self.greenlets = 0  #: worker greenlets the runs used: started, or taken from the thread's pool
+        self.reused = 0  #: of those, taken from the thread's pool of idle workers (keep_greenlets)
         self.max_alive = 0  #: most worker greenlets alive at once
         self._sources = sources  # the dataloader's: read, never written here
         self._dropped: Optional[SourceStats] = None  # the counts of sources dropped (a request's end)

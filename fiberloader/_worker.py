@@ -11,8 +11,8 @@ to itself lives here, as methods of :class:`WorkerSide`, the part of
 * ``_request`` / ``_enqueue`` -- adding keys to the calling run's pending
   keys (``Source.load`` / ``request`` call these);
 * the bookings a worker makes about itself (``_stopped_running``,
-  ``_make_ready``, ``_split``, ...), and the per-thread pool of kept
-  workers (``keep_greenlets``).
+  ``_make_ready``, ``_split``, ...), and the per-thread pool of idle
+  workers (below).
 
 The park / resume handshake
 ===========================
@@ -41,36 +41,75 @@ nobody waiting any more.
    the hub of a concurrent run waits forever.  Keep every path through
    ``_park`` and ``_serve`` booking exactly once.
 
+The pool of idle workers
+========================
+
+Starting and ending a greenlet costs ~6.5 us more than resuming one that
+waits, so the idle workers of a run that ends well wait in a pool of the
+calling OS thread for the next run (``keep_greenlets``: at most that many;
+``release_idle_greenlets()`` ends them).  A pooled worker holds nothing of
+the run that left it:
+
+* no context (``gr_context`` is ``None``), no run, no wait, no batch, no
+  frame local of its last job; the hooks ran per run (``fiber_finished``
+  and ``cleanup_fiber`` when the run let it go, ``set_fiber_variables``
+  and ``fiber_started`` when the next one takes it);
+* not the greenlet that ran the run: its parent is the thread's gevent hub
+  (where a stray ``gevent.Timeout`` would come from) or root greenlet, and
+  it handed control back to the closing hub through a dead *relay*
+  greenlet (a switch to a dead greenlet goes to its parent), so that its
+  suspended frame refers to the relay, not to that hub;
+* no greenlet-local state: a worker with attributes on itself (gevent's
+  ``local``, which monkey-patched ``threading.local`` is) ends instead;
+* only top-level runs give workers back: a greenlet keeps the recursion
+  depth of the stack that started it, and workers started under a nested
+  run's hub would hand that depth on to every later run.
+
+A run that fails gives none back: its workers may have stopped anywhere.
+
 The host class (``Dataloader``) provides the primitives used here
 (``_suspend``, ``_wake``, ``_not_a_job``, the lifecycle hooks).
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
-from greenlet import GreenletExit, getcurrent
+from greenlet import GreenletExit, getcurrent, greenlet
 
-from ._errors import NotRunningError, short_repr
-from ._extensions import around
+from ._errors import ConfigurationError, NotRunningError, short_repr
+from ._extensions import KEEP_GREENLETS_KEY, _environment, around
 from ._fibers import Cancelled, Worker, copy_error
+from ._frameworks import KEEP_GREENLETS_SETTING, framework_setting
 from ._loops import Mark
 from ._source import Source
 
-__all__ = ["WorkerSide", "worker_main", "kept_pool", "JOBS", "STOP", "KEEP", "DEADLOCK"]
+__all__ = [
+    "WorkerSide", "worker_main", "idle_pool", "kept", "keep_bound", "release_idle_greenlets",
+    "DEFAULT_KEEP_GREENLETS", "JOBS", "STOP", "KEEP", "DEADLOCK",
+]
 
 # What the hub hands a worker.
 JOBS = "jobs"  # take jobs from the queue
 STOP = "stop"  # end (an idle worker, at the end of the run)
-KEEP = "keep"  # finish this run's part, then wait in the thread's pool (keep_greenlets)
+KEEP = "keep"  # finish this run's part, then wait in the thread's pool of idle workers
 DEADLOCK = "deadlock"  # your wait can never end: raise
 
-# Idle workers kept for reuse within a run.  A worker that finishes when this
-# many are idle ends at once instead: ending it now or at the end of the run
-# costs the same, and the switches to park and stop it are saved.
+# Idle workers kept for reuse within a run (or the pool's bound, if larger).
+# A worker that finishes when this many are idle ends at once instead: ending
+# it now or at the end of the run costs the same, and the switches to park and
+# stop it are saved.
 KEEP_IDLE = 64
+
+# The bound of each thread's pool when neither the class nor the setting gives
+# one.  A kept worker saves ~6.5 us per run that reuses it and holds ~8 KiB
+# (CPython 3.11, greenlet 3.5): 256 cover a request that parks a few hundred
+# resolvers at once (W1 at 50 posts: 241) for ~2 MiB per OS thread that ran
+# one.  See keep_bound().
+DEFAULT_KEEP_GREENLETS = 256
 
 
 class WorkerSide:
@@ -80,7 +119,6 @@ class WorkerSide:
         _run: Any
         _hooks: Any  # fiberloader._extensions.Hooks, or None
         _pending: Dict[Source, Dict[Hashable, Any]]  # type: ignore[type-arg]
-        keep_greenlets: int
         eager_resume: bool
 
         def _suspend(self, run: Any) -> Any: ...
@@ -306,6 +344,7 @@ class WorkerSide:
                 hooks = hooks.jobs or None  # what the loop below passes to around()
             idle = run.idle
             concurrent = run.concurrent
+            most_idle = KEEP_IDLE if run.keep < KEEP_IDLE else run.keep
             while task is not STOP and task is not KEEP:
                 # Each job and fetch gets its own copy of the worker's context.
                 # Swapping gr_context (rather than Context.run) keeps the job's
@@ -328,7 +367,7 @@ class WorkerSide:
                     task()
                 run.progress += 1
                 task = None  # drop the reference while idle
-                if len(idle) >= KEEP_IDLE and not self.keep_greenlets:
+                if len(idle) >= most_idle:
                     return False  # end now: ending later costs the same, plus two switches
                 idle.append(me)
                 self._stopped_running(run)
@@ -361,35 +400,164 @@ class WorkerSide:
             self.cleanup_fiber()
 
 
-# Per thread (keyed by the thread's main greenlet, which threading.local cannot
-# be under gevent's monkey-patching), per dataloader class: the kept workers.
-_pools: "weakref.WeakKeyDictionary[Any, Dict[type, List[Worker]]]" = weakref.WeakKeyDictionary()
+# -- the pool of idle workers ------------------------------------------------------
 
 
-def kept_pool(cls: type) -> List[Worker]:
-    """The idle workers the current thread keeps for ``cls`` (``keep_greenlets``)."""
-    root = getcurrent()
-    while root.parent is not None:
-        root = root.parent
-    pools = _pools.get(root)
-    if pools is None:
-        pools = _pools[root] = {}
-    return pools.setdefault(cls, [])
+def _unpatched_thread_local() -> Any:
+    """``_thread._local`` as Python made it: per OS thread.
+
+    gevent's monkey-patching replaces it with ``gevent.local.local``, which
+    is per greenlet: a pool there would be one per request greenlet.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original("_thread", "_local")
+    import _thread
+
+    return _thread._local
+
+
+def _nothing() -> None:
+    pass
+
+
+class _Workers(list):  # type: ignore[type-arg]
+    """A thread's pooled workers: a list that pooled workers refer to weakly."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _ThreadPool(_unpatched_thread_local()):  # type: ignore[misc]
+    """The calling OS thread's idle workers; made per thread on first use.
+
+    It dies with its thread, pooled workers and all.
+    """
+
+    def __init__(self) -> None:
+        root = getcurrent()
+        while root.parent is not None:
+            root = root.parent
+        self.root = root  # the thread's main greenlet: lives as long as the thread
+        self.workers: List[Worker] = _Workers()
+        relay = greenlet(_nothing)
+        relay.switch()  # dead now: a switch to it goes to its parent
+        relay.parent = root
+        self.relay = relay
+
+
+_pool = _ThreadPool()
+
+
+def idle_pool() -> List[Worker]:
+    """The idle workers the calling OS thread keeps for later runs (any dataloader class)."""
+    return _pool.workers  # type: ignore[no-any-return]
+
+
+def kept() -> None:
+    """In the hub closing a run, after handing workers ``KEEP``: the relay lets go of it."""
+    _pool.relay.parent = _pool.root
+
+
+def _home() -> Any:
+    """The parent of a pooled worker: the thread's gevent hub, else its root greenlet.
+
+    Neither holds anything of a run.  A throw into a pooled worker from
+    outside (a ``gevent.Timeout`` a job started and never cancelled) comes
+    from the hub's loop: the worker leaves the pool and ends, and the
+    exception goes back to the loop, which reports it -- not into the
+    greenlet that last ran a run, where an ended worker would send it.
+    """
+    hubs = sys.modules.get("gevent._hub_local")
+    hub = hubs.get_hub_if_exists() if hubs is not None else None
+    return _pool.root if hub is None else hub
+
+
+def release_idle_greenlets() -> int:
+    """End the idle worker greenlets the calling thread keeps for later runs.
+
+    Every dataloader class's (they share the thread's pool).  Returns how
+    many ended.  The next run starts new greenlets and refills the pool:
+    call it at shutdown, in a test, or after a burst of unusually large
+    requests.
+    """
+    workers = _pool.workers
+    here = getcurrent()
+    count = 0
+    while workers:
+        worker = workers.pop()
+        worker.parent = here
+        worker.throw()  # GreenletExit where it waits: it ends, back here
+        count += 1
+    return count
+
+
+def keep_bound(cls: Any) -> int:
+    """The most idle workers a run of ``cls`` leaves in its thread's pool (0: none, pool off).
+
+    First match: ``cls.keep_greenlets`` when not ``None``; the web
+    framework's ``FIBERLOADER_KEEP_GREENLETS`` (Flask's ``app.config``,
+    Django's settings); ``$FIBERLOADER_KEEP_GREENLETS``;
+    ``DEFAULT_KEEP_GREENLETS``.  Read for every dataloader made, like the
+    extensions: ~0.5 us with no web framework, no cost per run.
+
+    Raises:
+        ConfigurationError: the value is not an int >= 0 (the environment
+            variable: not its digits).
+    """
+    own = cls.keep_greenlets
+    if own is not None:
+        return _checked_bound(own, f"{cls.__name__}.keep_greenlets")
+    value, where = framework_setting(KEEP_GREENLETS_SETTING)
+    if value is not None:
+        return _checked_bound(value, where)
+    text = _environment(KEEP_GREENLETS_KEY)
+    if not text:
+        return DEFAULT_KEEP_GREENLETS
+    digits = text.strip()
+    return _checked_bound(int(digits) if digits.isascii() and digits.isdigit() else text, f"${KEEP_GREENLETS_SETTING}")
+
+
+def _checked_bound(value: Any, where: str) -> int:
+    if type(value) is int and value >= 0:
+        return value
+    raise ConfigurationError(
+        f"{where} is {short_repr(value)}, but it takes the most idle worker greenlets each thread keeps "
+        f"between runs: an int >= 0 (0 turns the pool off; the default is {DEFAULT_KEEP_GREENLETS})."
+    )
 
 
 def worker_main(first: List[Any]) -> None:
-    """The body of every worker greenlet: serve a run; if kept, wait for the next."""
-    me: Worker = getcurrent()  # type: ignore[assignment]
+    """The body of every worker greenlet: serve a run; if kept, wait in the pool for the next."""
     run, variables, task = first
     first.clear()
-    while run.dataloader._serve(me, run, variables, task):
-        kept_pool(type(run.dataloader)).append(me)
+    while True:
+        me: Worker = getcurrent()  # type: ignore[assignment]
+        bound = run.keep
+        if not run.dataloader._serve(me, run, variables, task):
+            return
         # Hold nothing of the run that is ending: not its context (which
         # holds the dataloader and its caches), not its hub.
-        me.owner = me.waiting = me.batch = None
+        del run, variables, task
+        workers = _pool.workers
+        if len(workers) >= bound or me.__dict__:
+            return  # the pool is full, or it holds greenlet-local state that would outlive the request
+        me.owner = me.waiting = me.batch = me.pending = None
         me.groups.clear()  # empty already: every loop pops what it pushed
         me.gr_context = None
-        del run, variables, task
-        # Back to the hub closing the old run (Run.close made it our
-        # parent); resumed by the next run's Run.start.
-        run, variables, task = me.parent.switch()  # type: ignore[union-attr]
+        relay = _pool.relay
+        relay.parent = me.parent  # the hub closing the run (Run.close): back to it through the relay
+        me.parent = _home()
+        workers.append(me)
+        pool = weakref.ref(workers)
+        # Nor itself, nor the pool: gc does not look into a suspended
+        # greenlet's frame, so such a cycle would keep the pooled workers of
+        # an ended thread alive forever.  The pool dies with its thread.
+        del me, workers, relay
+        try:
+            # Resumed by a later run's Run.start, with what its first switch gets.
+            run, variables, task = _pool.relay.switch()
+        except BaseException:  # release_idle_greenlets(), or a throw from outside
+            still = pool()  # None: the thread is ending, and its pool with it
+            if still is not None and getcurrent() in still:
+                still.remove(getcurrent())
+            raise

@@ -18,6 +18,8 @@ from greenlet import greenlet
 
 import fiberloader
 from fiberloader import Dataloader, NullDataloader, Source
+from fiberloader._fibers import Worker
+from fiberloader._worker import idle_pool, keep_bound, worker_main
 
 BATCHING_SCHEDULERS: List[Type[Dataloader]] = [Dataloader]
 if hasattr(fiberloader, "AsyncDataloader"):  # pragma: no branch
@@ -59,7 +61,19 @@ def recorder() -> Type[Recorder]:
 
 
 def live_greenlets() -> List[greenlet]:
-    """Every started, unfinished greenlet except the current one."""
+    """Every started, unfinished greenlet except the current one and idle pooled workers.
+
+    The lifetime rule: after run() no greenlet it created is running or
+    holds anything of the run; idle workers may wait in their thread's pool.
+    Those are left out here once :func:`pooled_workers` has checked that
+    rule for each (and the bound for this thread's pool).
+    """
+    pooled = {id(worker) for worker in pooled_workers()}
+    return [greenlet for greenlet in started_greenlets() if id(greenlet) not in pooled]
+
+
+def started_greenlets() -> List[greenlet]:
+    """Every started, unfinished greenlet except the current one, pooled workers included."""
     gc.collect()
     current = greenlet.getcurrent()
     return [
@@ -72,6 +86,40 @@ def live_greenlets() -> List[greenlet]:
         # threads' main greenlets live as long as the pool keeps the thread.
         and not issubclass(type(obj), ThreadPoolWorker) and obj.parent is not None
     ]
+
+
+def pooled_workers() -> List[Worker]:
+    """The idle workers waiting in a pool (of any thread), each checked to hold nothing of a run.
+
+    Also checks that this thread's pool is within the bound of a plain
+    ``Dataloader`` (the default, or the setting): a test that pools more
+    releases them before it ends.
+    """
+    pooled = [obj for obj in gc.get_objects() if issubclass(type(obj), Worker) and obj and obj.owner is None]
+    for worker in pooled:
+        assert_holds_nothing(worker)
+    bound = keep_bound(Dataloader)
+    assert len(idle_pool()) <= bound, f"{len(idle_pool())} idle workers pooled in this thread, bound {bound}"
+    return pooled
+
+
+#: The locals of worker_main while it waits in the pool: its emptied
+#: first-switch list, the pool's bound, a weak reference to the pool.
+POOLED_LOCALS = {"first", "bound", "pool"}
+
+
+def assert_holds_nothing(worker: Worker) -> None:
+    """A pooled worker: no run, wait, batch, context, greenlet-local state, or frame of a job."""
+    assert worker.owner is None and worker.waiting is None and worker.batch is None, worker
+    assert worker.pending is None and worker.groups == [] and worker.gr_context is None, worker
+    assert not worker.__dict__, (worker, worker.__dict__)
+    # its parent: the thread's root greenlet or gevent hub, never a run's hub
+    assert worker.parent.parent is None or issubclass(type(worker.parent), Hub), (worker, worker.parent)
+    frame = worker.gr_frame
+    assert frame is not None and frame.f_code is worker_main.__code__ and frame.f_back is None, frame
+    local_names = frame.f_locals
+    assert set(local_names) <= POOLED_LOCALS, sorted(local_names)
+    assert local_names["first"] == [] and worker in local_names["pool"](), local_names
 
 
 @pytest.fixture

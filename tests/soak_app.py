@@ -25,11 +25,16 @@ batching on, the scheduler from ``$FIBERLOADER_DATALOADER``, the database
   dataloader; the fetch of step ``I`` raises.
 * ``GET /soak/park?jobs=N`` (header ``X-Soak-Id``): N jobs parked on a fetch
   that sleeps 60 s; ``GET /_soak/kill?id=...`` kills that request's greenlet.
-* ``GET /_soak/stats``: the worker's pid, live greenlets, open fds, live
-  ``Dataloader`` and ``Source`` instances, live gc-tracked objects, RSS and
-  the counters of the ``finally`` blocks above (``/_soak/counters``: those
-  alone, without a garbage collection).  Served outside Flask and outside
-  any dataloader, so it does not count itself.
+* ``GET /_soak/stats``: the worker's pid, live greenlets (but the idle
+  workers in the pool, which ``live_greenlets`` first checks to hold
+  nothing), the pool's size and bound, open fds, live ``Dataloader`` and
+  ``Source`` instances, live gc-tracked objects, RSS and the counters of the
+  ``finally`` blocks above (``/_soak/counters``: those alone, without a
+  garbage collection).  Served outside Flask and outside any dataloader, so
+  it does not count itself.
+* ``PoolUse``: an extension (``FIBERLOADER_EXTENSIONS=tests.soak_app:PoolUse``)
+  that counts the worker greenlets runs used ("fibers") and how many of
+  those had served an earlier run ("fibers-reused": taken from the pool).
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ from greenlet import GreenletExit
 from werkzeug.exceptions import HTTPException
 
 from examples.blog.app import create_app
-from fiberloader import Dataloader, Source, current_dataloader
+from fiberloader import Dataloader, Extension, Source, current_dataloader, dataloader_class
+from fiberloader._worker import idle_pool, keep_bound
 from fiberloader.graphql import graphql_sync
 from tests.conftest import live_greenlets
 
@@ -323,10 +329,26 @@ def stats(own_fd: Optional[int] = None) -> Dict[str, Any]:
     with open("/proc/self/statm") as statm:
         rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return {
-        "pid": os.getpid(), "greenlets": greenlets, "fds": _fds(own_fd), "dataloaders": sorted(dataloaders),
+        "pid": os.getpid(), "greenlets": greenlets, "pooled": len(idle_pool()),
+        "pool_bound": keep_bound(dataloader_class()), "fds": _fds(own_fd), "dataloaders": sorted(dataloaders),
         "sources": sorted(sources), "rss": rss, "gc_objects": counted,
         "counters": dict(COUNTERS), "requests": len(REQUESTS),
     }
+
+
+_served: "weakref.WeakSet[Any]" = weakref.WeakSet()  # worker greenlets that have served a run
+
+
+class PoolUse(Extension):
+    """Counts the worker greenlets runs use, and those of them that served an earlier run."""
+
+    def fiber_started(self, dataloader: Any) -> None:
+        worker = gevent.getcurrent()
+        COUNTERS["fibers"] += 1
+        if worker in _served:
+            COUNTERS["fibers-reused"] += 1
+        else:
+            _served.add(worker)
 
 
 def kill(soak_id: str) -> Dict[str, Any]:

@@ -39,7 +39,9 @@ Properties, for every scheduler:
 5. batching schedulers, with no ``fiber_limit`` and no ``eager_resume``:
    fetch calls per source stay within the dependency depth (see
    ``fetch_bound``);
-6. no greenlet started during the run is alive after ``run()``.
+6. no greenlet started during the run is alive after ``run()`` but the idle
+   workers waiting in the thread's pool, each holding nothing of any run,
+   at most the pool's bound.
 
 Examples: 300 per scheduler by default, derandomized (the same programs on
 every CI run, no example database).  ``FIBERLOADER_FUZZ_EXAMPLES=20000``
@@ -66,8 +68,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from fiberloader import AsyncDataloader, ConfigurationError, Dataloader, NullDataloader, Source
+from fiberloader._worker import idle_pool
 
 from ._hooks import Recorder, hook_problems
+from .conftest import assert_holds_nothing
 from ._watchdog import Hang, dump_stacks, watchdog
 
 NKEYS = 6  # keys are 0..5: small, so loads overlap and de-duplicate
@@ -564,7 +568,8 @@ class Outcome(NamedTuple):
     world: World
     raised: List[Optional[BaseException]]  # per run: what run() raised
     ctxs: List[Ctx]
-    alive: List[greenlet]
+    alive: List[greenlet]  # but pooled workers
+    pooled: List[str]  # what is wrong with the pool (empty: nothing)
     limit_used: Optional[int]
     hooks: List[Any]  # what the Recorder extension saw
 
@@ -670,8 +675,16 @@ def run_program(cls: Type[Dataloader], program: Program, deadline: float = WATCH
     finally:
         settrace(previous)
     here = getcurrent()
-    alive = [g for g in list(seen) if g and not g.dead and g is not here and not isinstance(g, Hub)]
-    return Outcome(world, raised, ctxs, alive, limit, dataloader.extensions[0].events)
+    pool = idle_pool()
+    alive = [g for g in list(seen) if g and not g.dead and g is not here and not isinstance(g, Hub) and g not in pool]
+    bound = dataloader.keep_greenlets
+    pooled = [] if len(pool) <= bound else [f"{len(pool)} pooled, bound {bound}"]
+    for worker in pool:
+        try:
+            assert_holds_nothing(worker)
+        except AssertionError as error:
+            pooled.append(f"a pooled worker holds something: {error}")
+    return Outcome(world, raised, ctxs, alive, pooled, limit, dataloader.extensions[0].events)
 
 
 # -- the properties -------------------------------------------------------------------------
@@ -844,9 +857,10 @@ def check(cls: Type[Dataloader], program: Program, outcome: Outcome, oracle: Ora
         problems.append(f"{names.count('fetch_started')} fetch_started hooks for {len(world.fetches)} fetch calls")
     if names.count("run_started") < len(outcome.raised):
         problems.append(f"{names.count('run_started')} run_started hooks for {len(outcome.raised)} runs")
-    # 6. no greenlet alive
+    # 6. no greenlet alive but idle pooled workers, each holding nothing, within the bound
     if outcome.alive:
         problems.append(f"greenlets alive after run(): {outcome.alive}")
+    problems.extend(outcome.pooled)
     return problems
 
 

@@ -1,4 +1,11 @@
-"""Lifetimes: no greenlet, source or cache outlives run()."""
+"""Lifetimes: nothing of a run outlives run().
+
+After ``run()`` returns or raises, no greenlet it started is running or
+holds anything of the run; idle workers may wait in their thread's pool,
+at most its bound, holding nothing (``conftest.live_greenlets`` leaves
+them out only after checking that, ``pooled_workers``).  With the pool off
+no greenlet at all survives.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ from typing import Any, List, Type
 
 import pytest
 
-from fiberloader import Dataloader, DeadlockError, Source
+from fiberloader import Dataloader, DeadlockError, Source, release_idle_greenlets
+from fiberloader._worker import idle_pool
 
-from .conftest import Recorder, live_greenlets
+from .conftest import Recorder, live_greenlets, pooled_workers, started_greenlets
 
 
 def _busy_run(cls: Type[Dataloader], fail: bool = False) -> Dataloader:
@@ -33,8 +41,20 @@ def _busy_run(cls: Type[Dataloader], fail: bool = False) -> Dataloader:
 
 
 def test_no_greenlet_is_alive_after_run(scheduler: Type[Dataloader], no_leaked_greenlets: Any) -> None:
+    release_idle_greenlets()
     dataloader = _busy_run(scheduler)
     assert dataloader.stats.greenlets >= 10
+    assert len(pooled_workers()) == len(idle_pool()) == dataloader.stats.greenlets  # all idle at the end: pooled
+
+
+def test_with_the_pool_off_no_greenlet_at_all_is_alive_after_run(scheduler: Type[Dataloader], monkeypatch: Any) -> None:
+    release_idle_greenlets()
+    monkeypatch.setenv("FIBERLOADER_KEEP_GREENLETS", "0")
+    before = started_greenlets()
+    _busy_run(scheduler)
+    with pytest.raises(RuntimeError):
+        _busy_run(scheduler, fail=True)
+    assert started_greenlets() == before
 
 
 def test_no_greenlet_is_alive_after_a_failed_run(scheduler: Type[Dataloader], no_leaked_greenlets: Any) -> None:
@@ -63,13 +83,17 @@ def test_no_greenlet_is_alive_after_run_isolated_and_map(scheduler: Type[Dataloa
 
 def test_a_thousand_runs_do_not_grow_the_live_greenlets(scheduler: Type[Dataloader]) -> None:
     before = len(live_greenlets())
+    pooled = needed = 0
     for index in range(1000):
         if index % 7:
-            _busy_run(scheduler)
+            needed = max(needed, _busy_run(scheduler).stats.greenlets)
         else:
             with pytest.raises(RuntimeError):
                 _busy_run(scheduler, fail=True)
+        pooled = max(pooled, len(idle_pool()))
     assert len(live_greenlets()) == before
+    # the pool was used, and never held more than one run needs (nor its bound)
+    assert pooled == needed > 0 and len(pooled_workers()) <= scheduler().keep_greenlets
 
 
 def test_finished_dataloader_and_its_cache_are_freed(scheduler: Type[Dataloader]) -> None:

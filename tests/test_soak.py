@@ -19,6 +19,15 @@ Memory: RSS is read after each fifth of the soak; no reading may exceed the
 one after the warm-up by more than ``RSS_BOUND`` (6 MiB), nor the number of
 live gc-tracked objects by more than ``OBJECTS_BOUND`` (500; sqlite3's own
 bounded caches left out).
+
+The pool of idle workers (on by default): every baseline check leaves out
+the idle workers waiting in the worker process's pool once it has checked
+that they hold nothing of any request (``conftest.live_greenlets``).  Its
+own test serves 10,000 blog and per-user requests (after 1,000 to warm up,
+in CI too: about 35 s on two busy cores) with the default scheduler and
+pool, and checks that RSS stays within ``POOL_RSS_BOUND`` (3 MiB) of the
+reading after the warm-up, that the pool was used and stayed within its
+bound, and that nothing else is left alive.
 """
 
 from __future__ import annotations
@@ -59,6 +68,9 @@ OBJECTS_BOUND = 500  # live gc-tracked objects (but sqlite3's bounded caches): t
 CONCURRENT = 200  # requests at once, overlapping keys, per-user values
 POOL_SIZE = 10  # the blog engine's connection pool (examples/blog/app.py _engine)
 SETTLE = 10.0  # seconds a worker may take to get back to its baseline after a scenario
+POOL_REQUESTS = 10_000  # the pool's RSS test: requests after the warm-up, in every mode
+POOL_WARM_UP = 1_000
+POOL_RSS_BOUND = 3 * 2**20  # bytes: RSS growth allowed over those 10,000 requests
 
 
 # -- what the clients send, what the naive app answers ----------------------------------
@@ -757,3 +769,66 @@ def test_concurrent_requests_with_overlapping_keys_each_get_their_own_values(
     counts = run_clients(server.base, calls, expected, server.scheduler, clients=CONCURRENT)
     assert counts["max_concurrent"] >= 10, counts  # they really were served at the same time
     next_requests_are_right(server, expected)
+
+
+# -- 7. the pool of idle workers: nothing of a request survives, RSS stays flat ------------------
+
+
+def pool_calls(count: int, seed_: int) -> List[Tuple[Call, Any]]:
+    """``count`` requests: 90% the blog's (REST and GraphQL), 10% per-user values."""
+    rng = random.Random(seed_)
+    blog = [(call, None) for call in blog_calls()]
+    calls: List[Tuple[Call, Any]] = []
+    for _ in range(count):
+        if rng.random() < 0.9:
+            calls.append(rng.choice(blog))
+        else:
+            user, keys = f"u{rng.randrange(50)}", rng.sample(range(12), rng.randrange(1, 6))
+            calls.append((user_call(user, keys), user_answer(user, keys)))
+    return calls
+
+
+def test_rss_stays_flat_over_ten_thousand_requests_with_the_pool_of_idle_workers(
+        database: str, expected: Dict[str, Tuple[int, Any]], tmp_path: Any, record_property: Any) -> None:
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(database, "sync", log, app="tests.soak_app:from_environment()", ready_path="/_soak/stats",
+                  args=["--keep-alive", "1"], env={"FIBERLOADER_EXTENSIONS": "tests.soak_app:PoolUse"}) as base:
+        server = Server(base, "sync", log)
+        run_clients(base, pool_calls(POOL_WARM_UP, 7), expected, "sync")
+        deadline = time.monotonic() + SETTLE
+        while True:  # no greenlet alive but the pooled idle workers, no dataloader, no source
+            baseline = server.baseline = server.stats()
+            if not (baseline["greenlets"] or baseline["dataloaders"] or baseline["sources"]):
+                break
+            assert time.monotonic() < deadline, f"the worker does not go quiet after the warm-up: {baseline}"
+            time.sleep(0.05)
+        calls = pool_calls(POOL_REQUESTS, 8)
+        per_segment = -(-len(calls) // SEGMENTS)
+        readings = []
+        started = time.perf_counter()
+        for index in range(SEGMENTS):
+            run_clients(base, calls[index * per_segment:(index + 1) * per_segment], expected, "sync")
+            readings.append(server.settle())  # greenlets (but pooled ones), fds, dataloaders, sources: baseline
+        elapsed = time.perf_counter() - started
+        text = log.read_text(errors="replace")
+    rss = [reading["rss"] for reading in readings]
+    objects = [reading["gc_objects"] for reading in readings]
+    counters = readings[-1]["counters"]
+    used = delta(baseline["counters"], counters, "fibers")
+    reused = delta(baseline["counters"], counters, "fibers-reused")
+    figures = {
+        "requests": len(calls), "seconds": round(elapsed, 1),
+        "rss_mib_after_warm_up": round(baseline["rss"] / 2**20, 2),
+        "rss_mib_per_segment": [round(value / 2**20, 2) for value in rss],
+        "gc_objects_after_warm_up": baseline["gc_objects"], "gc_objects_per_segment": objects,
+        "pooled_per_segment": [reading["pooled"] for reading in readings], "pool_bound": baseline["pool_bound"],
+        "worker_greenlets_used": used, "taken_from_the_pool": reused,
+    }
+    record_property("pool", figures)
+    print(f"\npool figures: {figures}")
+    assert "Traceback" not in text, text
+    assert baseline["pool_bound"] == 256  # the default
+    assert 0 < baseline["pooled"] and all(0 < reading["pooled"] <= 256 for reading in readings), figures
+    assert used > len(calls) and reused > used / 2, figures  # the pool served most runs' workers
+    assert max(rss) - baseline["rss"] <= POOL_RSS_BOUND, figures
+    assert max(objects) - baseline["gc_objects"] <= OBJECTS_BOUND, figures
