@@ -45,8 +45,10 @@ W1: a blog over SQLite
       ``NullDataloader``; resolvers either ``load()`` (the resolver's greenlet
       parks) or return ``request()`` handles (the executor completes the
       field after the batch, no greenlet).  One more row runs ``load()`` under
-      a ``Dataloader`` subclass with ``keep_greenlets = 16384``, the opt-in
-      pool of idle greenlets kept between runs (filled by the warm-up run).  The sqlite3 sources are not
+      a ``Dataloader`` subclass with ``keep_greenlets = 16384``: a pool of
+      idle greenlets large enough for the whole request (the default, 256,
+      covers a request of a few hundred parked resolvers; filled by the
+      warm-up run).  The sqlite3 sources are not
       marked ``blocking``: every statement runs in the calling thread under
       all three schedulers.
     * Two rows split the cost (no target judges them): the floor's pre-joined
@@ -270,7 +272,7 @@ def async_runner(
 
 
 class KeepingDataloader(Dataloader):
-    """``Dataloader`` with the opt-in pool of greenlets kept between runs, big enough for W3."""
+    """``Dataloader`` whose pool of idle greenlets (256 by default) is big enough for W3."""
 
     keep_greenlets = 16384
 

@@ -1,8 +1,9 @@
 """What the web integrations share: run a call as a job, stream a body in jobs.
 
 A request gets one dataloader.  ``Dataloader._call_as_job`` runs the
-application (or the view) as a job of it, to the end of ``run()``: every greenlet it started
-has ended when it returns.  A response body that is iterated later (a
+application (or the view) as a job of it, to the end of ``run()``: no
+greenlet it started is running or holds anything of the request when it
+returns (idle ones may wait in the thread's pool).  A response body that is iterated later (a
 generator) is wrapped by ``JobBody``: each ``next()`` is one more run of the
 same dataloader, so the body may still ``load`` and still sees the
 request's cache; ``close()`` closes the body in a job, then empties the

@@ -32,7 +32,8 @@ normal response is complete when the view returns: the dataloader's cache
 and sources are dropped right away.  A ``StreamingHttpResponse`` may still
 ``load`` while the server iterates it: each step runs as a job of the same
 dataloader, and so does the closing of its iterator; the cache is dropped
-when Django closes the response.  No greenlet outlives a request or a step.
+when Django closes the response.  Nothing of the request outlives it or a
+step (idle workers wait in the thread's pool, holding nothing of it).
 
 Place it *last* in ``MIDDLEWARE``.  Jobs and fetches run in a copy of the
 ``contextvars`` context that was current when the request's run started, and

@@ -28,8 +28,9 @@ A streamed response (a generator) may still ``load`` while the server
 iterates it: each step runs as a job of the request's dataloader, with
 Flask's request context visible, and ``stream_with_context`` keeps working.
 The dataloader's cache and sources are dropped when the server closes the
-body -- for any other response, right after the dispatch.  No greenlet
-outlives a dispatch or a body step.
+body -- for any other response, right after the dispatch.  Nothing of the
+request outlives a dispatch or a body step (idle workers wait in the
+thread's pool, holding nothing of it).
 
 An exception that Flask's own error handling lets escape
 ``full_dispatch_request`` (no handler for it) propagates unchanged; Flask's

@@ -12,8 +12,9 @@ Inside the application (and every job and fetch it starts)
 give the request's dataloader.  A body that is a generator may still
 ``load`` while the server iterates it; the dataloader is finished in the
 body's ``close()``, as the WSGI contract has it, and its cache and sources
-are dropped there.  No greenlet outlives a call into the application or a
-step of its body.
+are dropped there.  Nothing of the request outlives a call into the
+application or a step of its body (idle workers wait in the thread's pool,
+holding nothing of it).
 """
 
 from __future__ import annotations
