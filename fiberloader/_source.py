@@ -147,6 +147,10 @@ class Source(Generic[K, V]):
     # Counts for dataloader.stats (_counts): loads served from the cache,
     # loads that were not, fetch calls, keys fetched, keys failed.
     _hits = _misses = _fetches = _keys_fetched = _failed = 0
+    # A holder of per-dataloader state that is a source only to live exactly as
+    # long as the dataloader (made by with_()); it loads nothing, and
+    # dataloader.stats.sources leaves it out.
+    _holds_state: ClassVar[bool] = False
 
     # Set per subclass: whether the identity hooks are overridden, so the
     # hot paths can skip a method call per key.

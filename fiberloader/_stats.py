@@ -63,9 +63,17 @@ class DataloaderStats:
 
     @property
     def sources(self) -> Dict[Any, SourceStats]:
-        """Each source instance (in the order they were made) and its counts, now."""
+        """Each source instance (in the order they were made) and its counts, now.
+
+        Not the per-dataloader holders that are sources only to live as long
+        as the dataloader (``_holds_state``: the SQLAlchemy sources' session
+        turns, the lazy loads' peer groups): they load nothing.
+        """
         return {
-            source: source._counts() for instances in self._sources.values() for source in instances.values()
+            source: source._counts()
+            for instances in self._sources.values()
+            for source in instances.values()
+            if not source._holds_state
         }
 
     def _total(self, name: str) -> int:

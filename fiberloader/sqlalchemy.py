@@ -222,6 +222,8 @@ class _SessionTurns(Source[Any, Any]):
     (a gevent lock); its ``fetch`` is never called.
     """
 
+    _holds_state = True
+
     def __init__(self, session: Session) -> None:
         from gevent.lock import Semaphore  # only made under AsyncDataloader: gevent is there
 
@@ -895,6 +897,8 @@ class _PeerBook(Source[Any, Any]):
     references too), so it keeps no instance alive.  Its ``fetch`` is
     never called.
     """
+
+    _holds_state = True
 
     def __init__(self) -> None:
         self.groups: "weakref.WeakKeyDictionary[InstanceState[Any], _Peers]" = weakref.WeakKeyDictionary()

@@ -32,7 +32,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.pool import StaticPool
 
 from fiberloader import Dataloader, FiberloaderTypeError, NullDataloader, Source, current_dataloader
-from fiberloader.sqlalchemy import AssociationSource, batch_lazy_loads
+from fiberloader.sqlalchemy import AssociationSource, RecordSource, batch_lazy_loads
 
 # -- the models ---------------------------------------------------------------
 
@@ -582,3 +582,17 @@ def test_a_lazy_load_in_a_flush_event_is_sqlalchemys_own(scheduler: Type[Dataloa
         titles = scheduler.with_dataloading(lambda dl: dl.map(lambda post: edit(session, post), posts))
         assert titles == ["post 1!", "post 2!"]
         assert authors == [(1, "ada"), (2, "grace")]
+
+
+def test_the_stats_list_the_batches_not_the_peer_groups(scheduler: Type[Dataloader], db: Database,
+                                                        lazy: None) -> None:
+    """What dataloader.stats.sources shows (the example app's X-Fiberloader-Stats): each relationship loaded."""
+    with Session(db.engine) as session:
+        dl = scheduler()
+        dl.append_job(lambda: in_one_loop(session))
+        dl.run()
+        shown = list(dl.stats.sources)
+        made = [source for instances in dl._sources.values() for source in instances.values()]
+    assert {type(source).__name__ for source in made} > {"AssociationSource", "RecordSource"}  # + the peer book
+    assert shown and all(isinstance(source, (AssociationSource, RecordSource)) for source in shown), shown
+    assert sum(dl.stats.sources[source].fetches for source in shown) == 8  # 6 relationships, users twice
