@@ -86,12 +86,16 @@ sources and its greenlets by ``id()`` only; it holds the frames of the jobs
 parked now and of the loop items running now (dropped when they resume or
 end), and is dropped at the outermost ``run_finished``.
 
-TODO (hook point, ORM lazy loads): the ORM integrations
-(``fiberloader.sqlalchemy``, ``fiberloader.django``) will report each lazy
-load made in a job that was not batched.  The place for it is this module:
-the integration's lazy-load path would tell the detector (the load site and
-the attribute) the way ``job_suspended`` does here, and the report would say
-"lazy load of Post.author" instead of a source.  Not written yet.
+ORM lazy loads: with lazy-load batching on (``FIBERLOADER_BATCH_LAZY_LOADS``,
+``fiberloader.sqlalchemy.batch_lazy_loads``), a lazy load in a job is a
+load of a source (``lazy loads of Post.author`` for Django,
+``AssociationSource(session, Post, 'author')`` for SQLAlchemy), so one-key
+fetches of it are reported like any other.  TODO: with batching off, a lazy
+load in a job runs the ORM's own query, which this detector does not see;
+the place to tell it is the fallback path of the integrations' patched
+descriptors (``fiberloader._django_lazy``) and of the patched
+``_emit_lazyload`` (``fiberloader.sqlalchemy``), the way ``job_suspended``
+does here, reporting "lazy load of Post.author" with its load site.
 """
 
 from __future__ import annotations
