@@ -11,7 +11,9 @@ relation load parks the job instead of querying:
 * the unfiltered queryset of a reverse foreign key or many-to-many manager
   (``post.comments.all()``, and what graphene-django's list fields take
   from ``get_queryset()``), when it is evaluated (iterated, ``len``,
-  ``bool``, ``list``).  A filtered, ordered, sliced or counted queryset
+  ``bool``, ``list``).  Its writes that Django lets keep a prefetched list
+  (``get_or_create``, ``update_or_create``, and ``create`` before Django
+  5.0) forget it first.  A filtered, ordered, sliced or counted queryset
   runs its own query as always.
 
 When no job can go on, each relation's pending instances are loaded with
@@ -197,12 +199,34 @@ def _marking_class(descriptor: Any, manager_class: type) -> type:
             setattr(queryset, _MARK, self)
         return queryset
 
-    marking = type(manager_class.__name__, (manager_class,), {
+    def clearing(name: str) -> Callable[..., Any]:
+        """A write that first forgets the prefetched list the batch may have filled.
+
+        ``add``, ``remove``, ``clear`` and ``set`` do so in Django already;
+        ``get_or_create`` and ``update_or_create`` do not (nor ``create``
+        of a reverse foreign key before Django 5.0), and the plain lazy load
+        this replaces would have queried again.
+        """
+        write = getattr(manager_class, name)
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self._remove_prefetched_objects()
+            return write(self, *args, **kwargs)
+
+        method.__name__ = name
+        method.alters_data = True  # type: ignore[attr-defined]
+        return method
+
+    attributes: Dict[str, Any] = {
         "__module__": manager_class.__module__,
         "__qualname__": manager_class.__qualname__,
         "_fiberloader_relation": relation,
         "get_queryset": get_queryset,
-    })
+    }
+    for name in ("create", "get_or_create", "update_or_create"):
+        if hasattr(manager_class, name):
+            attributes[name] = clearing(name)
+    marking = type(manager_class.__name__, (manager_class,), attributes)
     _marking_classes[key] = marking
     return marking
 

@@ -248,15 +248,27 @@ def test_a_missing_target_raises_what_django_raises(scheduler: Type[Dataloader])
 def test_writes_through_the_manager_are_seen_by_the_next_lazy_load(scheduler: Type[Dataloader]) -> None:
     def job(dl: Dataloader) -> Any:
         post = Post.objects.get(pk=1)
-        before = [c.body for c in post.comments.all()]
-        post.comments.create(author_id=1, body="new")  # clears the prefetch cache, as in Django
-        after = [c.body for c in post.comments.all()]
-        return before, after
+        seen = [[c.body for c in post.comments.all()]]
+        post.comments.create(author_id=1, body="new")
+        seen.append([c.body for c in post.comments.all()])
+        post.comments.get_or_create(author_id=2, body="newer")  # Django keeps a prefetched list here
+        seen.append([c.body for c in post.comments.all()])
+        post.tags.create(name="fresh")  # many-to-many: create adds
+        seen.append([t.name for t in post.tags.all()])
+        return seen
 
+    def plain_run() -> Any:
+        with transaction.atomic():
+            value = job(None)  # type: ignore[arg-type]
+            transaction.set_rollback(True)
+        return value
+
+    expected, _ = plainly(plain_run)
     with transaction.atomic():
         value, _ = in_jobs(scheduler, lambda dl: dl.map(lambda _: job(dl), [0])[0])
         transaction.set_rollback(True)
-    assert value == (["comment 1 on 1", "comment 2 on 1"], ["comment 1 on 1", "comment 2 on 1", "new"])
+    assert value == expected
+    assert expected[2] == ["comment 1 on 1", "comment 2 on 1", "new", "newer"] and "fresh" in expected[3]
 
 
 class Titles(Source):
