@@ -417,13 +417,14 @@ class Run:
         """A stuck run whose workers wait on keys another run resolves: let that happen.
 
         Their keys may have arrived meanwhile (under AsyncDataloader another
-        run's fetch can finish at any time): then they are resumed.  Or they
+        run's fetch can finish at any time), or been cleared after another
+        run fetched them (``asks_again``): then they are resumed.  Or they
         are in flight in an enclosing run's fetch, parked on keys of its
         own (a ``run_isolated`` or ``map`` inside a job or fetch): then this
         run's hub -- a worker of the enclosing run -- parks there until they
         arrive, which lets that run go on.  Returns whether either happened.
         """
-        if any(can_go_on(worker) for worker in stuck):
+        if any(can_go_on(worker) or self.asks_again(worker) for worker in stuck):
             return True
         outer: Optional[Run] = getattr(self.hub, "owner", None)
         dataloader = self.dataloader
@@ -444,6 +445,23 @@ class Run:
                 dataloader._wait(source, foreign, foreign)  # the hub parks in the enclosing run
                 return True
         return False
+
+    def asks_again(self, worker: Worker) -> bool:
+        """Whether a parked worker waits on a key that nothing will bring any more.
+
+        Under AsyncDataloader a ``run_isolated`` of a sibling job may fetch
+        the key this worker waits on, and a job may then clear it
+        (``clear_cache``) before this worker reads it: not resolved, not in
+        flight, not pending here.  Resumed, the worker asks for it again
+        (``_wait``'s loop), in this run.
+        """
+        waiting = worker.waiting
+        if type(waiting) is not tuple:
+            return False
+        source, rks = waiting
+        pending = self.pending.get(source, ())
+        fetching = source._fetching
+        return any(not source._resolved(rk) and rk not in fetching and rk not in pending for rk in rks)
 
     def break_deadlock(self, stuck: List[Worker]) -> None:
         """Resume every stuck worker with a DeadlockError naming the waits.

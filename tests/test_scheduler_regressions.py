@@ -742,3 +742,30 @@ def test_a_job_that_retries_after_every_deadlock_error_makes_run_raise_it(schedu
         with watchdog(DEADLINE):
             dataloader.run()
     assert len(caught) == 3
+
+
+def test_a_key_a_sibling_run_isolated_fetched_then_cleared_is_asked_for_again(any_scheduler: Type[Dataloader]) -> None:
+    """Found by the fuzzer (seed 59, 5,000 programs; present since session 4).
+
+    Under AsyncDataloader two jobs' ``run_isolated`` run side by side: the
+    first fetches key 0, its job then clears the cache, and the second,
+    parked on key 0 while the first's fetch was in flight, found it neither
+    resolved, nor in flight, nor pending: its run raised DeadlockError.  It
+    now asks for the key again.
+    """
+    results: Dict[str, Any] = {}
+
+    def first(dl: Dataloader) -> None:
+        def item(i: int) -> Any:
+            if i == 0:
+                return dl.run_isolated(lambda: dl.with_(Recorder).load(0))
+            dl.clear_cache()
+            return "cleared"
+
+        results["first"] = dl.map(item, [0, 1])
+
+    def second(dl: Dataloader) -> None:
+        results["second"] = dl.run_isolated(lambda: dl.with_(Recorder).load(0))
+
+    run_jobs(any_scheduler, first, second)
+    assert results == {"first": ["r:0", "cleared"], "second": "r:0"}
