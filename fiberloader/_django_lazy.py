@@ -48,7 +48,7 @@ jobs):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from django.db.models import Model, QuerySet  # type: ignore[import-untyped]
 from django.db.models.fields.related_descriptors import (  # type: ignore[import-untyped]
@@ -58,11 +58,10 @@ from django.db.models.fields.related_descriptors import (  # type: ignore[import
 )
 from django.db.models.query import ModelIterable  # type: ignore[import-untyped]
 
-from ._django_orm import AssociationSource, _loaded_check
+from ._django_orm import AssociationSource
 from ._extensions import Extension
 from ._fibers import CURRENT
-from ._null import NullDataloader
-from ._orm import Peers, Same, with_peers
+from ._orm import Peers, Same, batches_here, with_peers
 
 __all__ = ["BatchLazyLoads"]
 
@@ -89,12 +88,9 @@ class BatchLazyLoads(Extension):
 def _batching() -> Any:
     """The dataloader that batches the calling job's lazy loads, or ``None``."""
     dataloader = CURRENT.get()
-    if dataloader is None or isinstance(dataloader, NullDataloader):
+    if dataloader is None or not any(isinstance(e, BatchLazyLoads) for e in dataloader.extensions):
         return None
-    for extension in dataloader.extensions:
-        if isinstance(extension, BatchLazyLoads):
-            return dataloader if dataloader._in_job() else None
-    return None
+    return dataloader if batches_here(dataloader) else None
 
 
 class _LazyRelation(AssociationSource):
@@ -106,15 +102,11 @@ class _LazyRelation(AssociationSource):
     the instances and returns nothing else.
     """
 
-    def __init__(self, model: Any, name: str) -> None:
-        super().__init__(model, name)
-        self._is_loaded_here: Callable[[Any], bool] = _loaded_check(model, name)  # type: ignore[assignment]
-
     def result_key_for(self, key: Any) -> Any:
         return Same(key)
 
     def fetch(self, instances: List[Any]) -> List[Any]:
-        model, is_loaded = self.model, self._is_loaded_here
+        model, is_loaded = self.model, self._loaded  # a lazy load's name is one level: always set
 
         def wanted(peer: Any) -> bool:
             return isinstance(peer, model) and peer.pk is not None and not is_loaded(peer)
@@ -178,14 +170,14 @@ def _related_manager_get(self: Any, instance: Any, cls: Any = None) -> Any:
     return manager
 
 
-_marking_classes: Dict[Tuple[int, type], type] = {}
+# Per related manager class (each descriptor makes its own): its marking subclass.
+_marking_classes: Dict[type, type] = {}
 
 
 def _marking_class(descriptor: Any, manager_class: type) -> type:
     """The subclass of a related manager class whose unfiltered queryset is marked."""
-    key = (id(descriptor), manager_class)
     try:
-        return _marking_classes[key]
+        return _marking_classes[manager_class]
     except KeyError:
         pass
     if getattr(descriptor, "reverse", True):  # a reverse foreign key, or the reverse of a many-to-many
@@ -227,7 +219,7 @@ def _marking_class(descriptor: Any, manager_class: type) -> type:
         if hasattr(manager_class, name):
             attributes[name] = clearing(name)
     marking = type(manager_class.__name__, (manager_class,), attributes)
-    _marking_classes[key] = marking
+    _marking_classes[manager_class] = marking
     return marking
 
 

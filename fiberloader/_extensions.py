@@ -218,9 +218,9 @@ def resolve_extensions(cls: type, given: Optional[Iterable[Any]]) -> Tuple[Any, 
             found += [_made(factory, where) for factory in _factories(value, where)]
     trace = _environment(_TRACE_KEY)
     if trace:
-        found.append(_shared_trace(trace))
+        found.append(_shared("fiberloader.tracing:PerfettoTrace", f"${TRACE_VARIABLE}", trace))
     if django_setting(LAZY_LOADS_SETTING):
-        found.append(_shared_lazy_loads())
+        found.append(_shared("fiberloader.django:BatchLazyLoads", f"settings.{LAZY_LOADS_SETTING}"))
     return tuple(found) if found else ()
 
 
@@ -306,20 +306,14 @@ def _made(factory: Any, where: str) -> Any:
     return extension
 
 
-_lazy_loads: List[Any] = []  # the BatchLazyLoads that settings.FIBERLOADER_BATCH_LAZY_LOADS attaches
+# (factory path, its arguments) -> the one instance the process shares: the
+# trace of a $FIBERLOADER_TRACE path, the BatchLazyLoads of Django's setting.
+_shared_instances: Dict[Tuple[str, Tuple[Any, ...]], Any] = {}
 
 
-def _shared_lazy_loads() -> Any:
-    if not _lazy_loads:  # looked up by name: the core does not import Django
-        _lazy_loads.append(_imported("fiberloader.django:BatchLazyLoads", f"settings.{LAZY_LOADS_SETTING}")())
-    return _lazy_loads[0]
-
-
-_traces: Dict[str, Any] = {}  # $FIBERLOADER_TRACE path -> the process's PerfettoTrace
-
-
-def _shared_trace(path: str) -> Any:
-    trace = _traces.get(path)
-    if trace is None:  # looked up by name, as the setting's factories are
-        trace = _traces[path] = _imported("fiberloader.tracing:PerfettoTrace", f"${TRACE_VARIABLE}")(path)
-    return trace
+def _shared(path: str, where: str, *args: Any) -> Any:
+    """The process's one instance of the extension at ``path`` (looked up by name: the core imports no framework)."""
+    instance = _shared_instances.get((path, args))
+    if instance is None:
+        instance = _shared_instances[path, args] = _imported(path, where)(*args)
+    return instance

@@ -3,6 +3,8 @@
 * :class:`Same` -- a result key that compares model instances by identity.
 * :class:`Peers` -- the instances one query returned, held weakly, so that a
   lazy load of one of them can load the relation of the others too.
+* :func:`batches_here` -- whether a dataloader batches the calling code's
+  lazy loads (the check both ORMs' hooks make first).
 
 Nothing here imports an ORM.
 """
@@ -13,8 +15,14 @@ from typing import Any, Callable, Dict, Iterable, List
 from weakref import ref
 
 from ._errors import short_repr
+from ._null import NullDataloader
 
-__all__ = ["Same", "Peers", "with_peers"]
+__all__ = ["Same", "Peers", "with_peers", "batches_here"]
+
+
+def batches_here(dataloader: Any) -> bool:
+    """Whether ``dataloader`` batches (not ``NullDataloader``) and runs the calling code (a job or a fetch)."""
+    return not isinstance(dataloader, NullDataloader) and bool(dataloader._in_job())
 
 
 class Same:

@@ -12,9 +12,10 @@ from sqlalchemy.orm import InstanceState, LoaderCallableStatus, Mapper, PassiveF
 
 from ._errors import FiberloaderTypeError, short_repr
 from ._fibers import CURRENT
+from ._orm import batches_here
 from ._sqlalchemy_orm import AssociationSource
 from ._sqlalchemy_peers import (
-    batching, enabled_classes, enabled_mappers, enabled_registries, mapper_enabled, peer_book, record_load,
+    enabled_classes, enabled_mappers, enabled_registries, mapper_enabled, peer_book, record_load,
 )
 
 __all__ = ["batch_lazy_loads"]
@@ -137,7 +138,7 @@ def _emit_lazyload(
     2.1 alike).  Everything else is SQLAlchemy's own method.
     """
     dataloader = CURRENT.get()
-    if dataloader is not None and _plain_load(strategy, session, state, passive, loadopt, rest) and batching(dataloader):
+    if dataloader is not None and _plain_load(strategy, session, state, passive, loadopt, rest) and batches_here(dataloader):
         return _load_in_batch(dataloader, strategy, session, state)
     return _original_emit(  # type: ignore[misc]
         strategy, session, state, primary_key_identity, passive, loadopt, *rest

@@ -16,10 +16,10 @@ from sqlalchemy.orm import InstanceState, Mapper, registry
 from sqlalchemy.orm.attributes import instance_state
 
 from ._fibers import CURRENT
-from ._null import NullDataloader
+from ._orm import batches_here
 from ._source import Source
 
-__all__ = ["enabled_classes", "enabled_registries", "enabled_mappers", "mapper_enabled", "batching",
+__all__ = ["enabled_classes", "enabled_registries", "enabled_mappers", "mapper_enabled",
            "peer_book", "record_load", "loaded_together"]
 
 enabled_classes: "weakref.WeakSet[type]" = weakref.WeakSet()
@@ -38,11 +38,6 @@ def mapper_enabled(mapper: "Mapper[Any]") -> bool:
         )
         enabled_mappers[mapper] = known
     return known
-
-
-def batching(dataloader: Any) -> bool:
-    """Whether ``dataloader`` batches and runs the calling code (a job or a fetch)."""
-    return not isinstance(dataloader, NullDataloader) and bool(dataloader._in_job())
 
 
 class _Peers:
@@ -109,7 +104,7 @@ def record_load(state: "InstanceState[Any]", context: Any) -> None:
     Cheap when it does not apply: a context variable, then a cached flag.
     """
     dataloader = CURRENT.get()
-    if dataloader is None or not mapper_enabled(state.mapper) or not batching(dataloader):
+    if dataloader is None or not mapper_enabled(state.mapper) or not batches_here(dataloader):
         return
     attributes = context.attributes
     entry = attributes.get(_PEERS)
@@ -126,7 +121,7 @@ def loaded_together(dataloader: Any, values: List[Any], uselist: bool) -> None:
     two statements; also the instances the session held already (the
     ``load`` event records only new ones).
     """
-    if not (enabled_classes or enabled_registries) or dataloader is None or not batching(dataloader):
+    if not (enabled_classes or enabled_registries) or dataloader is None or not batches_here(dataloader):
         return  # lazy loads batch nowhere, or not here
     book: Optional[_PeerBook] = None
     group = _Peers()

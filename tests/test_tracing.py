@@ -478,7 +478,7 @@ def test_the_blog_graphql_request_under_null_has_paths_on_inline_fetches(blog: A
 def test_fiberloader_trace_writes_a_file_read_trace_reads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "env.json"
     monkeypatch.setenv("FIBERLOADER_TRACE", str(path))
-    monkeypatch.setattr(_extensions, "_traces", {})  # a trace of our own, not one another test made
+    monkeypatch.setattr(_extensions, "_shared_instances", {})  # a trace of our own, not one another test made
     first, second = Dataloader(), AsyncDataloader()
     (trace,) = first.extensions
     assert isinstance(trace, PerfettoTrace) and second.extensions == (trace,)  # one per process
