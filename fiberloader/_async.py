@@ -1,20 +1,31 @@
-"""AsyncDataloader: the same scheduler, with jobs and fetches as gevent greenlets.
+"""AsyncDataloader: the same scheduler, with jobs and fetches that may block in gevent I/O.
 
 Everything but a few primitives (``_deliver``, ``_suspend``, ``_block``,
-``_wake``, ``_throw``, ``_forget_pending``, ``_call_fetch``, ``_timed_fetch``) is
+``_wake``, ``_throw``, ``_call_fetch``, ``_timed_fetch``) is
 :class:`~fiberloader.Dataloader`'s: the same Source bookkeeping, the same
 run loop (``fiberloader._run``) and worker side (``fiberloader._worker``),
 the same deadlock detection.  What differs:
 
-* workers are greenlets whose parent is gevent's hub, and they are handed
-  work through the hub's loop (``run_callback``) instead of a direct
-  switch, so any number of them can be runnable at once;
-* a worker parks by switching to gevent's hub, so a job or fetch blocked in
-  cooperative I/O (a patched socket, ``gevent.sleep``, a gevent-aware
-  driver) lets every other worker run;
-* the hub -- the greenlet that called ``run()`` -- *blocks* on an event
-  until no worker is running (the phase is over: every job waits on a key
-  or is done, every fetch is done), or until a worker asks for a helper.
+* **Direct switches, until a worker blocks.**  The hub -- the greenlet that
+  called ``run()`` -- hands a worker work by switching to it, as
+  ``Dataloader`` does, and the worker switches back when it parks, goes
+  idle or ends.  Before the switch the hub makes sure a *guard* callback
+  waits in gevent's loop.  The loop only runs the guard if the worker (or a
+  greenlet it switched to) let gevent's hub run without parking: it is
+  blocked in cooperative I/O (a patched socket, ``gevent.sleep``, a
+  thread-pool call).  The guard then switches back to the hub, which goes
+  on with other jobs and fetches while that worker waits; the worker counts
+  as running until it parks, and from then on parks through gevent's hub.
+  A request that never blocks costs what it costs under ``Dataloader``
+  (one guard per stretch of direct switches), and gevent's other
+  greenlets (other requests) run when it blocks, as they would anyway.
+* **The hub blocks** on an event until no worker is running (the phase is
+  over: every job waits on a key or is done, every fetch is done), or
+  until a worker that runs detached asks for a helper.  Workers wake it
+  only when it is not in a switch to a worker (``Run.direct``): that hub
+  looks at what they flagged when the switch returns.
+* Workers' parent is gevent's hub, so a timeout or kill thrown into one
+  from gevent's loop (``_throw``) works wherever it waits.
 
 A woken worker counts as running from the moment it is handed work, not
 from its first slice (graphql-ruby #5671/#5675), so a phase cannot end
@@ -22,14 +33,18 @@ while a resumed worker has yet to run.
 
 Phases stay as in graphql-ruby's AsyncDataloader, "one layer at a time": no
 fetch starts until every runnable job waits or is done, so batches are as
-large as under ``Dataloader``; then the fetches of every pending source run
-concurrently, and the parked jobs resume once they have all finished.
+large as under ``Dataloader``; then the fetches of every pending source
+run, concurrently as soon as one blocks, and the parked jobs resume once
+they have all finished (``eager_resume``: as soon as their own keys are
+in).
 
-A job that blocks in I/O while others wait: a worker that takes a job while
-more are queued asks the hub (once) for a helper, which the hub starts only
-if the first worker blocks -- so jobs that never block still run in one
-greenlet, and jobs that do overlap.  Sources with ``blocking = True`` have
-their ``fetch`` run in a thread of fiberloader's own pool.
+A job that blocks in I/O while others wait: the guard hands control back to
+the hub, which gives the queued jobs to another worker; a worker that runs
+detached and takes a job while more are queued asks the hub (once) for a
+helper.  Loops (``map``, a GraphQL list) on a blocked worker's stack are
+split so other workers carry on with their items.  Sources with
+``blocking = True`` have their ``fetch`` run in a thread of fiberloader's
+own pool.
 """
 
 from __future__ import annotations
@@ -99,19 +114,37 @@ class AsyncDataloader(Dataloader):
         return get_hub()
 
     def _deliver(self, worker: Worker, *args: Any) -> None:
-        worker.pending = get_hub().loop.run_callback(self._delivered, worker, args)
+        # A direct switch, as Dataloader's, with a guard in gevent's loop: the
+        # loop runs the guard only if the worker (or one it switched to) let
+        # gevent run without parking -- it blocked in I/O -- and the guard
+        # then hands control back here while the worker stays blocked.
+        # The hub alone sets and clears ``run.direct``, around the switch;
+        # the worker and the guard only read it.
+        run = worker.owner
+        if run.guard is None:
+            run.guard = get_hub().loop.run_callback(self._detach, run)
+        run.direct = worker
+        try:
+            worker.switch(*args)
+        finally:
+            run.direct = None  # also when the hub itself was interrupted (a Timeout around run())
 
     @staticmethod
-    def _delivered(worker: Worker, args: Any) -> None:
-        worker.pending = None
-        worker.switch(*args)
+    def _detach(run: Run) -> None:
+        """The guard, in gevent's loop: the worker the hub switched to is blocked in I/O."""
+        run.guard = None
+        worker = run.direct
+        if worker is None:  # the hub is not in a switch to a worker: nothing to hand back
+            return
+        if worker.groups:  # its loops must not stall while it waits
+            run.looping[worker] = None
+        run.hub.switch()
 
-    def _forget_pending(self, worker: Worker) -> None:
-        if worker.pending is not None:
-            worker.pending.stop()
-            worker.pending = None
-
-    def _suspend(self, run: Run) -> Any:
+    def _suspend(self, run: Run, worker: Worker) -> Any:
+        if run.direct is worker:  # the hub waits in its switch to this worker
+            return run.hub.switch()
+        # Detached (it blocked since the hub switched to it): the hub is
+        # blocked, or in a switch to another worker.
         return get_hub().switch()
 
     def _block(self, run: Run) -> None:
@@ -120,7 +153,10 @@ class AsyncDataloader(Dataloader):
         run.want_worker = False
 
     def _wake(self, run: Run) -> None:
-        run.wake.set()
+        # While the hub is in a switch to a worker, it looks at what changed
+        # as soon as that switch returns: no need to wake it.
+        if run.direct is None:
+            run.wake.set()
 
     def _throw(self, run: Run, worker: Worker, error: BaseException) -> None:
         # As gevent.kill does: from the hub's loop, wherever the worker waits.

@@ -6,8 +6,8 @@ Where things live
 * this module: what users call (``with_``, ``append_job``, ``run``,
   ``run_isolated``, ``map``, ``yield_``, ``clear_cache``), the lifecycle
   hooks, and the primitives the gevent scheduler swaps (``_deliver``,
-  ``_suspend``, ``_block``, ``_wake``, ``_throw``, ``_forget_pending``,
-  ``_call_fetch``, ``_new_wake``, ``_worker_parent``);
+  ``_suspend``, ``_block``, ``_wake``, ``_throw``, ``_call_fetch``,
+  ``_new_wake``, ``_worker_parent``);
 * ``fiberloader._run``: one run's state and the hub's loop (job and fetch
   phases, deadlocks, cancellation, the end of a run), with the rules of
   the house: who may change which field;
@@ -52,10 +52,12 @@ succeeded wait in a bounded pool of the calling OS thread for the next run
 hooks run and everything of the run dropped (``fiberloader._worker``), and
 the rest end.
 
-AsyncDataloader runs this same loop with the primitives swapped: there
-workers are gevent greenlets, many can be running at once, and the hub
-blocks until none is.  That is why workers book their own state (parked,
-idle) before they hand control back, and why the hub only takes from it.
+AsyncDataloader runs this same loop with the primitives swapped: there the
+hub switches to workers just as directly, but a worker that blocks in
+gevent I/O hands control back to the hub while it waits, so many can be
+running at once, and the hub blocks until none is.  That is why workers
+book their own state (parked, idle) before they hand control back, and why
+the hub only takes from it.
 
 Guarantees: every key is fetched at most once per cache lifetime (never
 twice while in flight; a fetch stopped because nobody waits for it any more
@@ -523,8 +525,8 @@ class Dataloader(WorkerSide):
         """Switch to ``worker``; returns when it parks, goes idle or ends."""
         worker.switch(*args)
 
-    def _suspend(self, run: Run) -> Any:
-        """In a worker: hand control back; returns what ``_deliver`` sends."""
+    def _suspend(self, run: Run, worker: Worker) -> Any:
+        """In ``worker``: hand control back; returns what ``_deliver`` sends."""
         return run.hub.switch()
 
     def _block(self, run: Run) -> None:
@@ -548,6 +550,3 @@ class Dataloader(WorkerSide):
         """The error for ``what`` called where no job of this dataloader runs."""
         running = CURRENT.get() if self._run is None else None
         return not_running(self, what, source, key, running, self._request_over)
-
-    def _forget_pending(self, worker: Worker) -> None:
-        """Cancel a delivery not yet made (only concurrent schedulers defer them)."""

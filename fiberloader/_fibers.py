@@ -45,7 +45,7 @@ class Worker(greenlet):
     allocation less for the garbage collector to count and walk.
     """
 
-    __slots__ = ("owner", "waiting", "batch", "groups", "pending")
+    __slots__ = ("owner", "waiting", "batch", "groups")
 
     def __init__(self, run: Any, parent: Any, owner: Any) -> None:
         super().__init__(run, parent)
@@ -53,7 +53,6 @@ class Worker(greenlet):
         self.waiting: Any = None  # what it is parked on: (source, keys) or a loop
         self.batch: Any = None  # (source, batch) while it runs a fetch
         self.groups: List[Any] = []  # the split loops (and marks) on its stack, outermost first
-        self.pending: Any = None  # a concurrent scheduler's delivery not yet made
 
 
 class Cancelled(BaseException):

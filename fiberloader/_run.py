@@ -38,8 +38,13 @@ Rules of the house
   (:meth:`Run.wait_elsewhere`).
 * What the two schedulers do differently is a handful of primitives on the
   dataloader (``_deliver``, ``_suspend``, ``_block``, ``_wake``, ``_throw``,
-  ``_forget_pending``, ``_call_fetch``); ``concurrent`` says which kind
-  this run has.  Code here never tests for gevent.
+  ``_call_fetch``); ``concurrent`` says which kind this run has.  Code
+  here never tests for gevent.
+* **A concurrent hub looks before it blocks.**  Workers wake a blocked hub
+  (``_wake``), but not one that is in a direct switch to a worker
+  (``direct``): that hub looks at every flag they set (``looping``,
+  ``interrupts``, ``interrupted``, ``failure``) after each step of its loop,
+  before it decides to block.
 
 WARNING: a change to how a worker books itself (``fiberloader._worker``)
 must keep these lists and ``running`` consistent: a worker counted running
@@ -99,6 +104,8 @@ class Run:
         "interrupts",
         "handed",
         "looping",
+        "direct",
+        "guard",
     )
 
     def __init__(
@@ -148,6 +155,12 @@ class Run:
         # Concurrent runs: workers that started a loop item with items left
         # since the hub last looked (they may be blocked in I/O in it).
         self.looping: Dict[Worker, None] = {}
+        # Concurrent runs: the worker the hub is in a direct switch to (None
+        # when it is not; set and cleared by the hub around the switch), and
+        # the callback queued in gevent's loop that hands control back to the
+        # hub if that worker blocks in I/O (fiberloader._async).
+        self.direct: Optional[Worker] = None
+        self.guard: Any = None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -206,14 +219,15 @@ class Run:
                 self.start(JOBS)
             elif self.running:
                 dataloader._block(self)
-                if self.looping:
-                    self.split_looping()
-                if self.interrupts:
-                    self.cancel_items()
             else:
                 return
             if self.failure is not None:
                 raise self.failure
+            if self.concurrent:  # what workers flagged while the hub was blocked or switched away
+                if self.looping:
+                    self.split_looping()
+                if self.interrupts:
+                    self.cancel_items()
 
     def fetch_phase(self) -> None:
         """Fetch every pending batch, resuming fetches that wait, until all are done."""
@@ -233,21 +247,22 @@ class Run:
         while True:
             if self.failure is not None:
                 raise self.failure
-            if sources and not waiting:
-                source = next(iter(sources))  # the first to get a pending key
-                waiting.extend((source, batch) for batch in source._take_batches(sources.pop(source)))
-            elif waiting and (idle or len(self.workers) < dataloader._limit):
-                self.start_fetch(*waiting.popleft())
-            elif dataloader.eager_resume and self.resume_eagerly():
-                pass
-            elif self.running:
-                dataloader._block(self)
+            if self.concurrent:  # what workers flagged while the hub was blocked or switched away
                 if self.looping:
                     self.split_looping()
                 if self.interrupts:
                     self.cancel_items()
                 if self.interrupted:
                     self.cancel_orphans()
+            if dataloader.eager_resume and self.resume_eagerly():
+                pass  # first: a job resumed now may add keys to a batch not taken yet
+            elif sources and not waiting:
+                source = next(iter(sources))  # the first to get a pending key
+                waiting.extend((source, batch) for batch in source._take_batches(sources.pop(source)))
+            elif waiting and (idle or len(self.workers) < dataloader._limit):
+                self.start_fetch(*waiting.popleft())
+            elif self.running:
+                dataloader._block(self)
             elif waiting and not any(can_go_on(worker) for worker in parked):
                 # Every greenlet the limit allows is taken, and the parked
                 # fetches wait for these batches: borrow one above the limit
@@ -512,7 +527,6 @@ class Run:
                 if worker.dead:
                     self.workers.pop(worker, None)
                     continue
-                dataloader._forget_pending(worker)
                 worker.parent = here  # an ended greenlet returns to its parent: to us
                 try:
                     if worker in idle:
@@ -523,6 +537,9 @@ class Run:
                     errors.append(error)
         if give is KEEP:
             kept()
+        guard, self.guard = self.guard, None
+        if guard is not None:  # nothing of the run may wait in gevent's loop after it
+            guard.stop()
         if failed:  # the jobs not started yet are abandoned too, not left for the next run()
             self.jobs.clear()
             self.later.clear()

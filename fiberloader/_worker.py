@@ -121,9 +121,8 @@ class WorkerSide:
         _pending: Dict[Source, Dict[Hashable, Any]]  # type: ignore[type-arg]
         eager_resume: bool
 
-        def _suspend(self, run: Any) -> Any: ...
+        def _suspend(self, run: Any, worker: Worker) -> Any: ...
         def _wake(self, run: Any) -> None: ...
-        def _forget_pending(self, worker: Worker) -> None: ...
         def _not_a_job(self, what: str, source: Any = None, key: Any = None) -> NotRunningError: ...
         def _checked_result(self, job: Any, result: Any) -> Any: ...
         def set_fiber_variables(self, variables: Any) -> None: ...
@@ -135,8 +134,13 @@ class WorkerSide:
             self._wake(run)
 
     def _want_worker(self, run: Any) -> None:
-        """A concurrent worker saw queued jobs behind its own: wake the hub once."""
-        if not run.want_worker:
+        """A concurrent worker saw queued jobs behind its own: wake the hub once.
+
+        Not while the hub is in its switch to a worker (``run.direct``): it
+        looks at the queue when that switch returns, and the switch returns
+        as soon as the worker blocks.
+        """
+        if not run.want_worker and run.direct is None:
             run.want_worker = True
             self._wake(run)
 
@@ -155,6 +159,8 @@ class WorkerSide:
         then it splits the loops on the worker's stack (``Run.split_looping``).
         """
         worker = getcurrent()
+        if run.direct is worker:  # if it blocks, the hub gets control back and splits them then
+            return
         looping = run.looping
         if worker not in looping:
             looping[worker] = None
@@ -225,7 +231,7 @@ class WorkerSide:
         if self.eager_resume and run.concurrent:
             self._wake(run)  # it may have queued keys that can be fetched now
         try:
-            value = self._suspend(run)
+            value = self._suspend(run, worker)
         except BaseException:
             # Woken by an exception thrown in (a gevent.Timeout around the
             # load, a kill) rather than by the hub: running again, so undo
@@ -244,9 +250,6 @@ class WorkerSide:
             raise copy_error(run.deadlock)  # type: ignore[arg-type]
 
     def _unpark(self, run: Any, worker: Worker, parked: Optional[List[Worker]]) -> None:
-        if worker.pending is not None:  # a resume was already on its way: it is counted
-            self._forget_pending(worker)
-            return
         for queue in (parked, run.ready):
             if queue is not None and worker in queue:
                 queue.remove(worker)
@@ -371,7 +374,7 @@ class WorkerSide:
                     return False  # end now: ending later costs the same, plus two switches
                 idle.append(me)
                 self._stopped_running(run)
-                task = self._suspend(run)
+                task = self._suspend(run, me)
                 run.starting -= 1
         except BaseException as error:  # a job's exception: the hub raises it
             if not run.closing and type(error) is not Cancelled:
@@ -533,15 +536,20 @@ def worker_main(first: List[Any]) -> None:
     while True:
         me: Worker = getcurrent()  # type: ignore[assignment]
         bound = run.keep
-        if not run.dataloader._serve(me, run, variables, task):
+        try:
+            pooled = run.dataloader._serve(me, run, variables, task)
+        finally:
+            if run.direct is me:  # a concurrent run's hub waits in its switch to us: end there
+                me.parent = run.hub
+        if not pooled:
             return
         # Hold nothing of the run that is ending: not its context (which
         # holds the dataloader and its caches), not its hub.
-        del run, variables, task
+        del run, variables, task, pooled
         workers = _pool.workers
         if len(workers) >= bound or me.__dict__:
             return  # the pool is full, or it holds greenlet-local state that would outlive the request
-        me.owner = me.waiting = me.batch = me.pending = None
+        me.owner = me.waiting = me.batch = None
         me.groups.clear()  # empty already: every loop pops what it pushed
         me.gr_context = None
         relay = _pool.relay

@@ -111,7 +111,7 @@ POOLED_LOCALS = {"first", "bound", "pool"}
 def assert_holds_nothing(worker: Worker) -> None:
     """A pooled worker: no run, wait, batch, context, greenlet-local state, or frame of a job."""
     assert worker.owner is None and worker.waiting is None and worker.batch is None, worker
-    assert worker.pending is None and worker.groups == [] and worker.gr_context is None, worker
+    assert worker.groups == [] and worker.gr_context is None, worker
     assert not worker.__dict__, (worker, worker.__dict__)
     # its parent: the thread's root greenlet or gevent hub, never a run's hub
     assert worker.parent.parent is None or issubclass(type(worker.parent), Hub), (worker, worker.parent)

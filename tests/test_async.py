@@ -8,13 +8,16 @@ the machine is shared and noisy.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from typing import Any, Dict, List, Tuple, Type
 
 import gevent
+from greenlet import settrace as greenlet_settrace
 import pytest
 from gevent.event import Event
 
@@ -118,6 +121,86 @@ def test_jobs_that_never_block_run_in_one_greenlet() -> None:
         dataloader.append_job(lambda key=key: key * 2)
     dataloader.run()
     assert dataloader.stats.greenlets == 1
+
+
+def parked_jobs(dl: Dataloader) -> Any:
+    """Three levels of loads from 20 jobs: every job parks three times."""
+    def job(key: int) -> Any:
+        first = dl.with_(Recorder).load(key)
+        return dl.with_(Recorder, "b").load(first), dl.with_(Recorder, "c").load_all([key, key + 1])
+
+    return dl.map(job, range(20))
+
+
+def test_a_run_that_never_blocks_never_passes_through_gevents_hub() -> None:
+    # Jobs that park on keys and fetches that do no I/O are switched to
+    # directly, as under Dataloader: not one hand-over through gevent's
+    # loop, so the request costs what it costs under Dataloader, and
+    # another greenlet (another request) runs only after it.
+    hub = gevent.get_hub()
+    into_hub: List[Any] = []
+
+    def tracer(event: str, args: Any) -> None:
+        if event in ("switch", "throw") and args[1] is hub:
+            into_hub.append(args[0])
+
+    others: List[str] = []
+    gevent.spawn(others.append, "other")  # runnable from the start
+    expected = Dataloader.with_dataloading(parked_jobs)
+    previous = greenlet_settrace(tracer)
+    try:
+        result = AsyncDataloader.with_dataloading(parked_jobs)
+        ran_before = list(others)
+    finally:
+        greenlet_settrace(previous)
+    assert result == expected
+    assert into_hub == [] and ran_before == []
+    gevent.sleep(0)
+    assert others == ["other"]
+
+
+def test_a_run_leaves_nothing_waiting_in_gevents_loop() -> None:
+    # The guard queued in gevent's loop for the run's direct switches is
+    # stopped when the run ends: run() returns with nothing of the run left
+    # to gevent (here, the dataloader is garbage without gevent's loop running).
+    dataloader = AsyncDataloader()
+    box: List[Any] = []
+    dataloader.append_job(lambda: box.append(parked_jobs(dataloader)))
+    dataloader.run()
+    assert len(box[0]) == 20 and dataloader.stats.greenlets > 1  # jobs parked: direct switches
+    alive = weakref.ref(dataloader)
+    del dataloader
+    gc.collect()
+    assert alive() is None
+
+
+def test_a_job_that_blocks_after_direct_switches_still_lets_its_siblings_run() -> None:
+    # Direct switches until one job blocks: from then on the others overlap
+    # with it, and the run still batches every job's keys together.
+    log: List[Tuple[str, int]] = []
+    fetches: List[Any] = []
+
+    def view(dl: Dataloader) -> Any:
+        def item(key: int) -> Any:
+            value = dl.with_(Recorder).load(key)  # parks: direct switches
+            log.append(("before", key))
+            if key == 0:
+                gevent.sleep(3 * T)  # blocks: the hub gets control back
+            log.append(("after", key))
+            return dl.with_(Recorder, "second", fetches).load(value)
+
+        return dl.map(item, range(4))
+
+    dataloader = AsyncDataloader()
+    started = time.perf_counter()
+    result = dataloader.with_dataloading(view)
+    elapsed = time.perf_counter() - started
+    assert result == [f"second:r:{key}" for key in range(4)]
+    assert log.index(("after", 0)) == len(log) - 1  # the others went on while key 0 slept
+    assert [(what, name, sorted(keys)) for what, name, keys in fetches] == [
+        ("fetch", "second", [f"r:{key}" for key in range(4)])  # one batch
+    ]
+    assert elapsed < 6 * T
 
 
 def test_sync_dataloader_treats_gevent_io_in_a_job_as_blocking_the_run() -> None:

@@ -5,10 +5,12 @@ sources and one or two runs of jobs (``run()`` twice on one dataloader,
 the second also after a first that raised).  Each source has batch
 parameters or not, a ``max_batch_size``, keys that fail (an ``Exception``
 returned at their position), keys whose batch makes ``fetch`` raise,
-``yield_()`` in ``fetch``, and nested loads from sources of a higher index
+``yield_()`` and cooperative I/O (``gevent.sleep``) in ``fetch``, and nested loads from sources of a higher index
 (so there are no cycles) made with ``load``, ``load_all``, ``request``,
 ``request_all``, ``map`` or ``run_isolated``.  Jobs load, ``load_all``, ``request`` and
-load the handles later, ``map``, ``yield_()``, ``run_isolated``, append
+load the handles later, ``map``, ``yield_()``, do cooperative I/O
+(``gevent.sleep``: under AsyncDataloader the worker blocks and the run
+goes on without it), ``run_isolated``, append
 jobs, ``merge``, ``clear_cache`` and fail.  The program also picks
 ``fiber_limit`` (2-8, or none) and, under ``AsyncDataloader``,
 ``eager_resume``.
@@ -61,6 +63,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Type, Union
 
+import gevent
 import pytest
 from gevent.hub import Hub
 from greenlet import getcurrent, greenlet, settrace
@@ -112,6 +115,7 @@ class SourceSpec(NamedTuple):
     yield_before: bool  # yield_() first thing in fetch
     yield_after: bool  # yield_() after the nested loads
     isolated_noop: bool  # run_isolated(lambda: None) first thing in fetch
+    io: bool = False  # cooperative I/O (gevent.sleep) first thing in fetch
 
 
 class Load(NamedTuple):
@@ -140,6 +144,17 @@ class Yield(NamedTuple):
     pass
 
 
+class Io(NamedTuple):
+    """Cooperative I/O in the job: ``gevent.sleep(seconds)`` (0: a bare yield to gevent's hub).
+
+    Under AsyncDataloader the worker blocks and the hub goes on without it
+    (the guard of its direct switch, or a blocked hub's wake); under the
+    other schedulers it blocks the run.
+    """
+
+    seconds: float
+
+
 class Clear(NamedTuple):
     ref: Optional[Ref]  # None: dataloader.clear_cache()
 
@@ -166,7 +181,7 @@ class Fail(NamedTuple):
     pass
 
 
-Op = Union[Load, LoadAll, Request, Handles, Yield, Clear, Merge, Map, Isolated, Append, Fail]
+Op = Union[Load, LoadAll, Request, Handles, Yield, Io, Clear, Merge, Map, Isolated, Append, Fail]
 Ops = Tuple[Op, ...]
 
 
@@ -318,7 +333,7 @@ class Oracle:
         if isinstance(op, Append):
             queue.append((jid + ("append", index), op.job))
             return None
-        return None  # Yield, Clear, Merge: no result, no change of any value
+        return None  # Yield, Io, Clear, Merge: no result, no change of any value
 
 
 # -- the interpreter under a scheduler ------------------------------------------------------
@@ -392,6 +407,8 @@ class World:
             self.violations.append(f"S{index}.fetch({keys}): more than max_batch_size={spec.max_batch_size}")
         dl = self.dl
         all_poison = bool(keys) and all(key in spec.poison for key in keys)
+        if spec.io:
+            gevent.sleep(0)
         if spec.isolated_noop:
             self.count_isolated(1)
             dl.run_isolated(lambda: None)
@@ -528,6 +545,9 @@ class World:
             return ("handles", results)
         if isinstance(op, Yield):
             dl.yield_()
+            return None
+        if isinstance(op, Io):
+            gevent.sleep(op.seconds)
             return None
         if isinstance(op, Clear):
             self.clear(op.ref)
@@ -884,7 +904,7 @@ NESTED_MODES = ("load_all", "load", "request", "request_all", "map", "isolated")
 def programs(draw: Any, without: FrozenSet[str] = frozenset()) -> Program:
     """Random programs.  ``without`` leaves features out (for triage): a step's
     class name (``"Yield"``), a nested mode (``"nested:map"``), or one of
-    ``nested fetch_yield isolated_noop isolated_clear errors poison
+    ``nested fetch_yield fetch_io isolated_noop isolated_clear errors poison
     max_batch_size params shared fiber_limit eager_resume runs clear_between``.
     """
 
@@ -929,6 +949,7 @@ def programs(draw: Any, without: FrozenSet[str] = frozenset()) -> Program:
                 yield_before=rarely("fetch_yield", 6),
                 yield_after=rarely("fetch_yield", 6),
                 isolated_noop=rarely("isolated_noop", 10),
+                io=rarely("fetch_io", 5),
             )
         )
 
@@ -939,6 +960,7 @@ def programs(draw: Any, without: FrozenSet[str] = frozenset()) -> Program:
         (3, Request, st.builds(Request, ref(), keys, st.booleans())),
         (2, Handles, st.builds(Handles)),
         (2, Yield, st.builds(Yield)),
+        (2, Io, st.builds(Io, st.sampled_from([0.0, 0.0, 0.0005]))),
         (1, Clear, st.builds(Clear, st.none() | ref())),
         (1, Merge, st.builds(Merge, ref(), KEY)),
         (1, Fail, st.builds(Fail)),
