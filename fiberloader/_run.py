@@ -514,7 +514,6 @@ class Run:
         Only a run that succeeded gives workers to the pool: after a failure
         (an exception, a timeout, a kill) a worker may have stopped anywhere.
         """
-        dataloader = self.dataloader
         self.closing = True
         errors: List[BaseException] = []
         idle = set(self.idle)

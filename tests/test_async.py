@@ -21,7 +21,10 @@ from greenlet import settrace as greenlet_settrace
 import pytest
 from gevent.event import Event
 
-from fiberloader import AsyncDataloader, Dataloader, FiberloaderError, NotRunningError, NullDataloader, Source, dataloader_class
+from fiberloader import (
+    AsyncDataloader, Dataloader, FiberloaderError, NotRunningError, NullDataloader, Source, current_dataloader,
+    dataloader_class,
+)
 
 from .conftest import Recorder, live_greenlets
 
@@ -165,7 +168,7 @@ def test_a_run_leaves_nothing_waiting_in_gevents_loop() -> None:
     # to gevent (here, the dataloader is garbage without gevent's loop running).
     dataloader = AsyncDataloader()
     box: List[Any] = []
-    dataloader.append_job(lambda: box.append(parked_jobs(dataloader)))
+    dataloader.append_job(lambda: box.append(parked_jobs(current_dataloader())))
     dataloader.run()
     assert len(box[0]) == 20 and dataloader.stats.greenlets > 1  # jobs parked: direct switches
     alive = weakref.ref(dataloader)
