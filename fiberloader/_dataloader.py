@@ -98,7 +98,7 @@ from typing import (
     TypeVar,
 )
 
-from greenlet import getcurrent
+from greenlet import getcurrent, greenlet
 
 from ._errors import (
     ConfigurationError,
@@ -480,7 +480,13 @@ class Dataloader(WorkerSide):
         cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber or (
             hooks is not None and bool(hooks.fiber_finished)
         )
-        return Run(self, getcurrent(), jobs, pending, cleanup, self._new_wake())
+        run = Run(self, getcurrent(), jobs, pending, cleanup, self._new_wake())
+        cls = type(self)
+        run.own_variables = (
+            cls.get_fiber_variables is not Dataloader.get_fiber_variables
+            or cls.set_fiber_variables is not Dataloader.set_fiber_variables
+        )
+        return run
 
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         """Call ``source.fetch(keys)``, with the extensions' fetch hooks around it."""
@@ -521,9 +527,12 @@ class Dataloader(WorkerSide):
         """The greenlet a worker returns to when it ends."""
         return run.hub
 
-    def _deliver(self, worker: Worker, *args: Any) -> None:
-        """Switch to ``worker``; returns when it parks, goes idle or ends."""
-        worker.switch(*args)
+    #: ``_deliver(worker, *args)``: switch to ``worker``; returns when it
+    #: parks, goes idle or ends.  The switch itself, not a method around it:
+    #: greenlet gives the frame that switches away a frame object, and a
+    #: method's frame is a new one on each of the hub's two switches per job
+    #: that waits (start, resume); the hub's loop frame gets one once.
+    _deliver = staticmethod(greenlet.switch)
 
     def _suspend(self, run: Run, worker: Worker) -> Any:
         """In ``worker``: hand control back; returns what ``_deliver`` sends."""

@@ -21,7 +21,8 @@ Rules of the house
   ``parked`` / ``parked_fetches`` / ``idle`` and decrements ``running``
   before it hands control back (``fiberloader._worker``).  The hub only
   takes workers out of those lists and counts a worker as ``running`` when
-  it hands it work (``start``) or a value (``resume``).  Under
+  it hands it work (``start``, ``hand``) or a value (``resume``; the job
+  phase does that inline).  Under
   AsyncDataloader workers run concurrently, so ``running == 0`` is the
   moment a phase is over; a woken worker counts as running from the moment
   it is handed work, not from its first slice (graphql-ruby #5671/#5675).
@@ -55,6 +56,7 @@ resumed twice.
 from __future__ import annotations
 
 from collections import deque
+from contextvars import copy_context
 from functools import partial
 from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Set, Tuple
 
@@ -106,6 +108,7 @@ class Run:
         "looping",
         "direct",
         "guard",
+        "own_variables",
     )
 
     def __init__(
@@ -161,6 +164,10 @@ class Run:
         # hub if that worker blocks in I/O (fiberloader._async).
         self.direct: Optional[Worker] = None
         self.guard: Any = None
+        # Whether the dataloader overrides get/set_fiber_variables (the
+        # dataloader's _new_run says); if not, the run does what they do
+        # without calling them: a worker starts in a copy of the hub's context.
+        self.own_variables = True
 
     # -- the loop ---------------------------------------------------------------
 
@@ -212,11 +219,13 @@ class Run:
             self.parked.clear()
         jobs = self.jobs
         limit = dataloader._limit - 1  # keep one worker for fetches
+        deliver = dataloader._deliver
         while True:
-            if ready:
-                self.resume(ready.popleft(), None)
+            if ready:  # self.resume(), inline: switching from this frame (see hand)
+                self.running += 1
+                deliver(ready.popleft(), None)
             elif jobs and not self.starting and len(self.workers) - len(idle) < limit:
-                self.start(JOBS)
+                deliver(*self.hand(JOBS))  # self.start(JOBS), switching from this frame
             elif self.running:
                 dataloader._block(self)
             else:
@@ -357,14 +366,23 @@ class Run:
 
     def start(self, task: Any) -> None:
         """Give ``task`` to an idle worker, or to a new one, and let it run."""
-        dataloader = self.dataloader
+        self.dataloader._deliver(*self.hand(task))
+
+    def hand(self, task: Any) -> Tuple[Worker, Any]:
+        """Count a worker running ``task``; return it and what the switch to it sends.
+
+        An idle worker of this run, else one from the thread's pool, else a
+        new greenlet.  The caller switches: greenlet makes a frame object of
+        the frame that switches away, once per frame, so the hub's loop
+        switching itself (``job_phase``) saves one per worker started.
+        """
         self.running += 1
         self.starting += 1
         idle = self.idle
         if idle:
-            dataloader._deliver(idle.pop(), task)
-            return
-        variables = dataloader.get_fiber_variables()
+            return idle.pop(), task
+        dataloader = self.dataloader
+        variables = dataloader.get_fiber_variables() if self.own_variables else copy_context()
         stats = dataloader.stats
         stats.greenlets += 1
         pool = idle_pool() if self.keep else None
@@ -373,16 +391,21 @@ class Run:
             worker.parent = dataloader._worker_parent(self)
             worker.owner = self
             stats.reused += 1
-            arguments: Tuple[Any, ...] = ((self, variables, task),)  # what its pool wait returns
+            argument: Any = (self, variables, task)  # what its pool wait returns
         else:
-            worker = Worker(worker_main, dataloader._worker_parent(self), self)
+            # greenlet's own __init__ (no Python call); Worker has none
+            worker = Worker(worker_main, dataloader._worker_parent(self))
+            worker.owner = self
+            worker.waiting = worker.batch = None
+            worker.groups = []
             # In a list the worker empties: a greenlet's first-switch
             # arguments stay referenced for as long as it lives.
-            arguments = ([self, variables, task],)
-        self.workers[worker] = None
-        if len(self.workers) > stats.max_alive:
-            stats.max_alive = len(self.workers)
-        dataloader._deliver(worker, *arguments)
+            argument = [self, variables, task]
+        workers = self.workers
+        workers[worker] = None
+        if len(workers) > stats.max_alive:
+            stats.max_alive = len(workers)
+        return worker, argument
 
     # -- cancelling what nobody waits for any more ---------------------------------
 

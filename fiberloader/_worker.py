@@ -24,8 +24,9 @@ it hands the unstarted items of the loops on its stack to a helper
 for jobs, ``run.parked_fetches`` for fetches, none for a loop's owner,
 which ``Waitable._finished`` puts on ``run.ready``), and decrements
 ``run.running``.  Only then does it hand control back (``_suspend``).  The
-hub resumes it with ``Run.resume(worker, value)``, which counts it running
-again; ``_park`` returns that value (``DEADLOCK``: raise the run's
+hub resumes it with ``Run.resume(worker, value)`` (or the same two lines
+inline in ``Run.job_phase``), which counts it running again; ``_park``
+returns that value (``DEADLOCK``: raise the run's
 ``DeadlockError``).
 
 Who may do what: only the worker books itself; only the hub resumes it,
@@ -335,7 +336,10 @@ class WorkerSide:
         base = None
         try:
             run.starting -= 1
-            self.set_fiber_variables(variables)
+            if run.own_variables:
+                self.set_fiber_variables(variables)
+            else:  # what the default does, without the call
+                me.gr_context = variables
             del variables
             base = me.gr_context
             if base is None:  # an override that set no context: start from an empty one
@@ -562,7 +566,7 @@ def worker_main(first: List[Any]) -> None:
         # an ended thread alive forever.  The pool dies with its thread.
         del me, workers, relay
         try:
-            # Resumed by a later run's Run.start, with what its first switch gets.
+            # Resumed by the switch after a later run's Run.hand, with what it returned.
             run, variables, task = _pool.relay.switch()
         except BaseException:  # release_idle_greenlets(), or a throw from outside
             still = pool()  # None: the thread is ending, and its pool with it
