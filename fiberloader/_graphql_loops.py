@@ -1,10 +1,10 @@
 """graphql-core integration: the executor's loops that other workers take over.
 
 An object's fields and a list's items are loops its owner runs inline,
-leaving a :class:`~fiberloader._loops.Mark`; when the owner parks, the
-mark becomes one of these loops (``from_mark``) and a helper goes on with
-the unstarted fields or items, so that their loads join the same batch.
-Under a concurrent scheduler the loop object exists from the start.
+leaving a :class:`~fiberloader._loops.Mark`; when the owner parks (or,
+under AsyncDataloader, blocks in I/O), the mark becomes one of these loops
+(``from_mark``) and a helper goes on with the unstarted fields or items, so
+that their loads join the same batch (and their I/O overlaps).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ __all__ = ["ExecutionLoop", "FieldsLoop", "ListLoop", "field_path", "job_field_p
 class ExecutionLoop(SplitLoop):
     """A split loop of the executor: stops at the first item that raises, like graphql-core.
 
-    Under ``Dataloader`` the owner runs the items in ``execute_fields`` /
-    ``_items``: graphql-core's own loop, which keeps a *mark* on the
-    worker's stack of loops (``fiberloader._loops.Mark``), the one object per
-    object.  Only when the worker parks does the scheduler turn a mark into
-    one of these loop objects (``from_mark``, stored in ``mark.loop``), for a helper to take the unstarted items; the
+    The owner runs the items in ``execute_fields`` / ``_items``:
+    graphql-core's own loop, which keeps a *mark* on the worker's stack of
+    loops (``fiberloader._loops.Mark``), the one object per object.  Only
+    when the worker parks (or blocks in I/O under AsyncDataloader) does the
+    scheduler turn a mark into one of these loop objects (``from_mark``,
+    stored in ``mark.loop``), for a helper to take the unstarted items; the
     owner sees ``mark.loop`` set once its item returns and finishes in
-    ``run_as_owner``.  Under a concurrent scheduler the loop object exists
-    from the start.
+    ``run_as_owner``.
 
     ``run_as_owner`` puts each result straight into the container while no
     helper has stored one (``results`` is None); after that by index, and the

@@ -15,9 +15,11 @@ The loop's owner (the job that started it), once no item is left to start,
 waits for the items other workers are still running; the worker that
 finishes the last one puts the owner back on the scheduler's ready queue.
 
-Under a concurrent scheduler an item may also block in I/O, which the
-scheduler cannot see; there the runner queues a helper before each item, and
-the hub starts it only if the runner blocks.
+Under AsyncDataloader an item may also block in I/O.  The hub learns it
+when its switch to the runner returns early (the guard of ``_async``), or,
+for a runner already detached from the hub, because the runner noted
+itself before the item (``_may_block_in_loop``); either way the hub then
+splits the loops on the runner's stack as a park does.
 """
 
 from __future__ import annotations

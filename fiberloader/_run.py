@@ -347,8 +347,7 @@ class Run:
         """
         dataloader = self.dataloader
         for worker in self.looping:
-            for group in reversed(worker.groups):  # innermost first, as _park does
-                dataloader._split(self, group)
+            dataloader._split_stack(self, worker)
         self.looping.clear()
 
     def forget_expired(self) -> None:

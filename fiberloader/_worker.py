@@ -152,7 +152,7 @@ class WorkerSide:
             self._wake(run)
 
     def _may_block_in_loop(self, run: Any) -> None:
-        """A concurrent worker starts a loop item while items remain: it may block in I/O.
+        """A concurrent worker starts a loop item while items remain (or an inline loop): it may block in I/O.
 
         Nothing is queued yet (most items never block, and a helper queued
         per loop costs a job run for nothing): the worker is noted and the
@@ -174,6 +174,17 @@ class WorkerSide:
             group.run.jobs.append(group.work)
             if run.concurrent:
                 self._want_worker(run)
+
+    def _split_stack(self, run: Any, worker: Worker) -> None:
+        """Queue helpers for the unstarted items of every loop on a waiting worker's stack.
+
+        ``worker`` parks, or blocks in I/O (``Run.split_looping``).  A mark
+        (a loop its owner runs inline) becomes a split loop first.
+        """
+        for group in reversed(worker.groups):  # innermost first: the order plain code would take
+            if type(group) is Mark:
+                group = group.take_over(run, worker)
+            self._split(run, group)
 
     def _after_fetch(self, run: Any, job: Callable[[], Any]) -> None:
         """Queue ``job`` to run in the job phase after the next fetch phase.
@@ -218,14 +229,10 @@ class WorkerSide:
             source, keys = waiting if type(waiting) is tuple else (None, ())
             for hook in hooks.job_suspended:
                 hook(self, source, list(keys))
-        groups = worker.groups
-        if groups:
-            # map() loops on this stack must not stall while it waits: let
-            # another worker carry on with their unstarted items.
-            for group in reversed(groups):  # innermost first: the order plain code would take
-                if type(group) is Mark:  # a loop its owner runs inline: split it now
-                    group = group.take_over(run, worker)
-                self._split(run, group)
+        if worker.groups:
+            # Loops on this stack must not stall while it waits: let another
+            # worker carry on with their unstarted items.
+            self._split_stack(run, worker)
         if parked is not None:
             parked.append(worker)
         self._stopped_running(run)

@@ -143,9 +143,6 @@ class _Batching(Handles):
         # id(container) -> (container, error, key): a deferred failure that
         # reached a container whose own parent link is not known yet.
         self._held_failures: Dict[int, Tuple[Any, Any, Any]] = {}
-        # id(fields dict) -> (the dict, its items): graphql-core caches the
-        # dicts for the execution; the dict is kept so its id stays its own.
-        self._field_items: Dict[int, Tuple[Any, List[Any]]] = {}
         given = self.is_awaitable
         given_async_iterable = getattr(self, "is_async_iterable", None)  # graphql-core 3.3
         self._awaitable = _is_awaitable if given in ASSUME_NOT_AWAITABLE else given
@@ -197,10 +194,10 @@ class _Batching(Handles):
     def execute_fields(self, parent_type: Any, source: Any, path: Any, fields: Any, *extra: Any) -> Any:
         """The fields of one object: graphql-core's loop, plus a mark to split it at.
 
-        ``extra`` is graphql-core 3.3's ``position_context``.  Under
-        ``Dataloader`` the loop runs inline and leaves a mark on the worker's
-        stack of loops, which the scheduler turns into a ``FieldsLoop`` only
-        if the worker parks (see ``ExecutionLoop``).
+        ``extra`` is graphql-core 3.3's ``position_context``.  The loop runs
+        inline and leaves a mark on the worker's stack of loops, which the
+        scheduler turns into a ``FieldsLoop`` only if the worker parks, or
+        blocks in I/O under AsyncDataloader (see ``ExecutionLoop``).
         """
         deferrals = self._deferrals
         worker: Worker = getcurrent() if len(fields) > 1 else None  # type: ignore[assignment]
@@ -217,9 +214,6 @@ class _Batching(Handles):
                     value = execute_field(parent_type, source, field_nodes, Path(path, name, type_name))
                 if value is not Undefined:
                     results[name] = value
-        elif run.concurrent:  # a concurrent scheduler: a loop others can take over from the start
-            loop = FieldsLoop(self, run, worker, parent_type, source, path, self._items_of(fields), extra)
-            results = loop.run_as_owner({})
         else:
             results = {}
             unstarted = iter(fields.items())
@@ -229,6 +223,8 @@ class _Batching(Handles):
             mark = Mark(FieldsLoop.from_mark, (self, parent_type, source, path, unstarted, extra, variables))
             groups = worker.groups
             groups.append(mark)
+            if run.concurrent:
+                run.dataloader._may_block_in_loop(run)
             type_name = parent_type.name
             execute_field = self.execute_field  # type: ignore[attr-defined]
             try:
@@ -255,13 +251,6 @@ class _Batching(Handles):
             self._link_fields(results, parent_type, path, fields)
         return results
 
-    def _items_of(self, fields: Dict[str, Any]) -> List[Any]:
-        """The fields as a list: graphql-core reuses one dict for every object of a list."""
-        items = self._field_items.get(id(fields))
-        if items is None:  # the dict is kept with its list so that its id stays its own
-            items = self._field_items[id(fields)] = (fields, list(fields.items()))
-        return items[1]
-
     def execute_fields_serially(self, parent_type: Any, source_value: Any, path: Any, fields: Any, *extra: Any) -> Any:
         """Top-level mutation fields, one after another."""
         dataloader = current_dataloader()
@@ -285,57 +274,56 @@ class _Batching(Handles):
     ) -> List[Any]:
         """The items of one list value: graphql-core's loop, plus a mark to split it at.
 
-        Items may be request handles.  Under ``Dataloader`` the loop leaves a
-        mark on the worker's stack of loops (as ``execute_fields``); the item
-        running is the ``len(values)``-th.
+        Items may be request handles.  The loop leaves a mark on the worker's
+        stack of loops (as ``execute_fields``); the item running is the
+        ``len(values)``-th.
         """
         worker: Worker = getcurrent()  # type: ignore[assignment]
         run: Any = getattr(worker, "owner", None)
         deferrals = self._deferrals
         splittable = run is not None and len(items) > 1  # a worker's loop of two or more items
-        if splittable and run.concurrent:  # a concurrent scheduler
-            values = ListLoop(self, run, worker, item_type, field_nodes, info, path, items, extra).run_as_owner([])
-        else:
-            values = []
-            if splittable:
-                variables = worker.gr_context.copy()  # as the loop starts (see execute_fields)
-                mark = Mark(ListLoop.from_mark, (self, item_type, field_nodes, info, path, items, extra, values, variables))
-                groups = worker.groups
-                groups.append(mark)
-            else:  # nothing can take it over: no mark to make
-                mark, groups = NO_MARK, None
-            complete_value = self.complete_value  # type: ignore[attr-defined]
-            awaitable = self._awaitable
-            try:
-                for index, item in enumerate(items):
-                    item_path = path.add_key(index, None)
+        values: List[Any] = []
+        if splittable:
+            variables = worker.gr_context.copy()  # as the loop starts (see execute_fields)
+            mark = Mark(ListLoop.from_mark, (self, item_type, field_nodes, info, path, items, extra, values, variables))
+            groups = worker.groups
+            groups.append(mark)
+            if run.concurrent:
+                run.dataloader._may_block_in_loop(run)
+        else:  # nothing can take it over: no mark to make
+            mark, groups = NO_MARK, None
+        complete_value = self.complete_value  # type: ignore[attr-defined]
+        awaitable = self._awaitable
+        try:
+            for index, item in enumerate(items):
+                item_path = path.add_key(index, None)
+                try:
+                    kind = type(item)
+                    if kind is Request or kind is RequestAll:
+                        value = self._complete_handle(item_type, field_nodes, info, item_path, item, extra)
+                    elif kind not in PLAIN and awaitable(item):
+                        raise self._not_synchronous(info, item, index)
+                    elif extra:
+                        value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
+                    else:
+                        value = complete_value(item_type, field_nodes, info, item_path, item)
+                except Exception as raw_error:
                     try:
-                        kind = type(item)
-                        if kind is Request or kind is RequestAll:
-                            value = self._complete_handle(item_type, field_nodes, info, item_path, item, extra)
-                        elif kind not in PLAIN and awaitable(item):
-                            raise self._not_synchronous(info, item, index)
-                        elif extra:
-                            value = complete_value(item_type, field_nodes, info, item_path, item, *extra)
-                        else:
-                            value = complete_value(item_type, field_nodes, info, item_path, item)
-                    except Exception as raw_error:
-                        try:
-                            self._failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
-                        except Exception as error:  # a non-null item failed: the list fails
-                            if mark.loop is None:
-                                raise
-                            mark.loop.failed(-1, error)
-                            break
-                        value = None
-                    values.append(value)
-                    if mark.loop is not None:  # the worker parked in this item: others took the rest
+                        self._failed(raw_error, item_type, field_nodes, item_path)  # raises if non-null
+                    except Exception as error:  # a non-null item failed: the list fails
+                        if mark.loop is None:
+                            raise
+                        mark.loop.failed(-1, error)
                         break
-            finally:
-                if groups is not None:
-                    groups.pop()
-            if mark.loop is not None:
-                values = mark.loop.run_as_owner(values)
+                    value = None
+                values.append(value)
+                if mark.loop is not None:  # the worker parked in this item: others took the rest
+                    break
+        finally:
+            if groups is not None:
+                groups.pop()
+        if mark.loop is not None:
+            values = mark.loop.run_as_owner(values)
         if self._deferrals != deferrals:
             self._link_items(values, item_type, path)
         return values  # type: ignore[no-any-return]

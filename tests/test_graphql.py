@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from contextvars import ContextVar
-from typing import Any, List, Type
+from typing import Any, Dict, List, Type
 
 import pytest
 from graphql import (
@@ -511,6 +511,30 @@ def test_under_async_resolvers_blocked_in_io_overlap_across_list_items() -> None
     result = fiberloader.AsyncDataloader.with_dataloading(
         lambda dl: execute(schema, parse("{ items { value } }"), **{CONTEXT: DataloaderExecutionContext}))
     assert result.errors is None and result.data == {"items": [{"value": i * 10} for i in range(5)]}
+    assert meter[1] == 5  # all five slept at once
+
+
+def test_under_async_a_resolver_that_blocked_before_its_list_still_shares_the_items() -> None:
+    """The worker blocked once already (in ``outer``), so it runs detached from the hub
+    when it reaches the list: the list's items must still overlap when they block."""
+    import gevent
+
+    import fiberloader
+
+    meter = [0, 0]
+    items_schema = blocking_list_schema(0.02, meter)
+    item_list = items_schema.query_type.fields["items"]
+
+    def outer(*_: Any) -> Dict[str, Any]:
+        gevent.sleep(0.001)  # blocks: the guard hands control back, the worker runs on detached
+        return {}
+
+    holder = GraphQLObjectType("Holder", {"items": item_list})
+    schema = GraphQLSchema(GraphQLObjectType("Query", {"outer": GraphQLField(holder, resolve=outer)}))
+    result = fiberloader.AsyncDataloader.with_dataloading(
+        lambda dl: execute(schema, parse("{ outer { items { value } } }"), **{CONTEXT: DataloaderExecutionContext}))
+    assert result.errors is None
+    assert result.data == {"outer": {"items": [{"value": i * 10} for i in range(5)]}}
     assert meter[1] == 5  # all five slept at once
 
 
