@@ -33,6 +33,9 @@ SQL statements per request the app reports (``X-SQL-Count``: the same for
 every request of a row, else the range).  Every response body is checked
 equal to the naive variant's; a mismatch aborts the benchmark.
 
+``--variants sync,async --endpoints graphql`` runs only those (bodies are
+then checked against the first variant that runs).
+
 Targets: SQL per request minimal under sync and async (and with lazy
 loads, but ``/api/slow``, whose naive code calls the services one after
 another); under async, p50 of ``/api/slow`` ≤ 1.3 × the slowest single
@@ -178,13 +181,15 @@ def load(port: int, path: str, requests: int, clients: int, expected: Optional[b
     return row, bodies[0]
 
 
-def measure(database: str, variants: Sequence[str], requests: int, clients: int) -> List[Row]:
+def measure(
+    database: str, variants: Sequence[str], requests: int, clients: int, endpoints: Optional[Dict[str, str]] = None
+) -> List[Row]:
     rows: List[Row] = []
     expected: Dict[str, bytes] = {}
     for variant in variants:
         server = Server(database, variant)
         try:
-            for key, path in ENDPOINTS.items():
+            for key, path in (ENDPOINTS if endpoints is None else endpoints).items():
                 load(server.port, path, clients * 2, clients, None)  # warm-up, untimed
                 row, body = load(server.port, path, requests, clients, expected.get(key))
                 expected.setdefault(key, body)
@@ -216,13 +221,28 @@ def targets(rows: List[Row]) -> List[Tuple[str, str, str, bool]]:
     return found
 
 
+def chosen(parser: argparse.ArgumentParser, flag: str, text: Optional[str], known: Sequence[str]) -> Tuple[str, ...]:
+    """The names a ``--variants``/``--endpoints`` list gives, in the table's order (all if none)."""
+    if not text:
+        return tuple(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        parser.error(f"{flag} takes names from {', '.join(known)}; got {text!r}")
+    return tuple(name for name in known if name in names)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per endpoint and variant")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
     parser.add_argument("--posts", type=int, default=200, help="posts in the seeded database")
     parser.add_argument("--quick", action="store_true", help="smoke run: 40 requests, 4 clients, 60 posts")
+    parser.add_argument("--variants", metavar="A,B", help=f"only these variants (of {','.join(VARIANTS)})")
+    parser.add_argument("--endpoints", metavar="A,B", help=f"only these endpoints (of {','.join(ENDPOINTS)})")
     args = parser.parse_args(argv)
+    variants = chosen(parser, "--variants", args.variants, VARIANTS)
+    endpoints = {key: ENDPOINTS[key] for key in chosen(parser, "--endpoints", args.endpoints, tuple(ENDPOINTS))}
     requests, clients, posts = (40, 4, 60) if args.quick else (args.requests, args.clients, args.posts)
     if min(requests, clients, posts) < 1:
         parser.error("--requests, --clients and --posts must be positive")
@@ -233,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_web.") as directory:
         database = os.path.join(directory, "blog.db")
         seed(database, posts=posts)
-        rows = measure(database, VARIANTS, requests, clients)
+        rows = measure(database, variants, requests, clients, endpoints)
     header = ("variant", "endpoint", "req/s", "p50 ms", "p99 ms", "SQL/request")
     table = [
         (row.variant, ENDPOINTS[row.endpoint], f"{row.rps:.0f}", f"{row.percentile(0.5):.1f}",
