@@ -477,16 +477,15 @@ class Dataloader(WorkerSide):
     def _new_run(self, jobs: "Deque[Callable[[], Any]]", pending: Pending) -> Run:
         """A run whose hub is the calling greenlet."""
         hooks = self._hooks
-        cleanup = type(self).cleanup_fiber is not Dataloader.cleanup_fiber or (
+        cls = type(self)
+        cleanup = cls.cleanup_fiber is not Dataloader.cleanup_fiber or (
             hooks is not None and bool(hooks.fiber_finished)
         )
-        run = Run(self, getcurrent(), jobs, pending, cleanup, self._new_wake())
-        cls = type(self)
-        run.own_variables = (
+        own_variables = (
             cls.get_fiber_variables is not Dataloader.get_fiber_variables
             or cls.set_fiber_variables is not Dataloader.set_fiber_variables
         )
-        return run
+        return Run(self, getcurrent(), jobs, pending, cleanup, own_variables, self._new_wake())
 
     def _call_fetch(self, source: Source, keys: List[Any]) -> Any:  # type: ignore[type-arg]
         """Call ``source.fetch(keys)``, with the extensions' fetch hooks around it."""

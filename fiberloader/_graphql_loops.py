@@ -10,7 +10,6 @@ that their loads join the same batch (and their I/O overlaps).
 from __future__ import annotations
 
 import sys
-from contextvars import copy_context
 from typing import Any, Dict, List, Optional, Tuple
 
 from graphql.pyutils import Path, Undefined
@@ -44,7 +43,8 @@ class ExecutionLoop(SplitLoop):
     __slots__ = ("context", "path", "extra", "results", "failure", "failed_at", "started", "prefix", "variables")
 
     def __init__(
-        self, context: Any, run: Any, owner: Worker, path: Any, items: List[Any], extra: Tuple[Any, ...]
+        self, context: Any, run: Any, owner: Worker, path: Any, items: List[Any], extra: Tuple[Any, ...],
+        variables: Any,
     ) -> None:
         # Written out rather than through super(): one of these per object.
         self.dataloader = run.dataloader
@@ -64,16 +64,16 @@ class ExecutionLoop(SplitLoop):
         self.started = 0
         self.prefix = 0  # items the owner put straight into the container
         # Helpers run in a copy of the owner's contextvars as they were when
-        # the loop started: what a resolver of the owner sets while it runs
-        # (a span it is inside when it parks) is not the siblings' context.
-        context_now = owner.gr_context
-        self.variables = None if context_now is None else context_now.copy()
+        # the loop started (the mark took it): what a resolver of the owner
+        # sets while it runs (a span it is inside when it parks) is not the
+        # siblings' context.
+        self.variables = variables
 
     def work(self) -> None:
         """A helper's part, in a copy of the owner's context."""
         worker = getcurrent()
         own = worker.gr_context
-        worker.gr_context = self.variables.copy() if self.variables is not None else copy_context()
+        worker.gr_context = self.variables.copy()
         try:
             super().work()
         finally:
@@ -166,9 +166,9 @@ class FieldsLoop(ExecutionLoop):
 
     def __init__(
         self, context: Any, run: Any, owner: Worker, parent_type: Any, source: Any,
-        path: Any, items: List[Any], extra: Tuple[Any, ...],
+        path: Any, items: List[Any], extra: Tuple[Any, ...], variables: Any,
     ) -> None:
-        super().__init__(context, run, owner, path, items, extra)
+        super().__init__(context, run, owner, path, items, extra, variables)
         self.parent_type = parent_type
         self.source = source
 
@@ -181,9 +181,7 @@ class FieldsLoop(ExecutionLoop):
 
         ``variables``: the owner's context when its loop started.
         """
-        loop = cls(context, run, worker, parent_type, source, path, list(unstarted), extra)
-        loop.variables = variables
-        return loop
+        return cls(context, run, worker, parent_type, source, path, list(unstarted), extra, variables)
 
     def key_of(self, index: int) -> Any:
         return self.items[index][0]
@@ -215,9 +213,9 @@ class ListLoop(ExecutionLoop):
 
     def __init__(
         self, context: Any, run: Any, owner: Worker, item_type: Any, field_nodes: Any,
-        info: Any, path: Any, values: List[Any], extra: Tuple[Any, ...],
+        info: Any, path: Any, values: List[Any], extra: Tuple[Any, ...], variables: Any,
     ) -> None:
-        super().__init__(context, run, owner, path, values, extra)
+        super().__init__(context, run, owner, path, values, extra, variables)
         self.item_type = item_type
         self.field_nodes = field_nodes
         self.info = info
@@ -230,9 +228,8 @@ class ListLoop(ExecutionLoop):
     ) -> "ListLoop":
         """The items after the one the owner is running (the ``len(values)``-th)."""
         offset = len(values) + 1
-        loop = cls(context, run, worker, item_type, field_nodes, info, path, items[offset:], extra)
+        loop = cls(context, run, worker, item_type, field_nodes, info, path, items[offset:], extra, variables)
         loop.offset = offset
-        loop.variables = variables  # the owner's context when its loop started
         return loop
 
     def key_of(self, index: int) -> Any:

@@ -113,7 +113,7 @@ class Run:
 
     def __init__(
         self, dataloader: Any, hub: Any, jobs: "Deque[Callable[[], Any]]", pending: Pending,
-        cleanup: bool, wake: Any,
+        cleanup: bool, own_variables: bool, wake: Any,
     ) -> None:
         self.dataloader = dataloader
         self.hub = hub  # the greenlet running the loop
@@ -164,10 +164,10 @@ class Run:
         # hub if that worker blocks in I/O (fiberloader._async).
         self.direct: Optional[Worker] = None
         self.guard: Any = None
-        # Whether the dataloader overrides get/set_fiber_variables (the
-        # dataloader's _new_run says); if not, the run does what they do
-        # without calling them: a worker starts in a copy of the hub's context.
-        self.own_variables = True
+        # Whether the dataloader overrides get/set_fiber_variables; if not,
+        # the run does what they do without calling them: a worker starts in
+        # a copy of the hub's context.
+        self.own_variables = own_variables
 
     # -- the loop ---------------------------------------------------------------
 
